@@ -1,0 +1,4 @@
+//! Circuit breaker (being written).
+
+mod error;
+pub use error::BreakerOpen;
