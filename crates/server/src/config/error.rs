@@ -87,12 +87,15 @@ impl ConfigError {
     ) -> ConfigError {
         let mut key = KeyPath::parse_dotted(&err.path().to_string());
         let inner = err.inner();
-        let message = inner.message().trim().to_owned();
+        let mut message = inner.message().trim().to_owned();
         // Make sure the typo itself ends the path, whichever way the
         // deserializer reported it (at the key, or at its table).
         if let Some(unknown) = unknown_field(&message) {
             if key.0.last() != Some(&Segment::Key(unknown.to_owned())) {
                 key.0.push(Segment::Key(unknown.to_owned()));
+            }
+            if let Some(near) = suggestion(unknown, &message) {
+                message.push_str(&format!(" (did you mean `{near}`?)"));
             }
         }
         let location = inner
@@ -126,4 +129,50 @@ impl ConfigError {
 fn unknown_field(message: &str) -> Option<&str> {
     let rest = message.strip_prefix("unknown field `")?;
     rest.split('`').next()
+}
+
+/// The expected name closest to a misspelt one, if it is close enough to be
+/// a typo (serde lists the expected names in backticks after "expected").
+fn suggestion(unknown: &str, message: &str) -> Option<String> {
+    let (_, expected) = message.split_once("expected")?;
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|name| (edit_distance(unknown, name), name))
+        .filter(|(d, name)| *d <= 2.max(name.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, name)| name.to_owned())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diag + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_the_nearest_expected_key() {
+        let msg = "unknown field `lisen`, expected one of `listen`, `token`, `shutdown_grace`";
+        assert_eq!(suggestion("lisen", msg).as_deref(), Some("listen"));
+        let msg = "unknown field `formt`, expected `level` or `format`";
+        assert_eq!(suggestion("formt", msg).as_deref(), Some("format"));
+        let msg = "unknown field `gateway`, expected `level` or `format`";
+        assert_eq!(suggestion("gateway", msg), None);
+    }
 }
