@@ -8,7 +8,8 @@
 //!
 //! Adding a section owned by another crate is a two-line change: a field on
 //! [`Config`] and a `v.section("name", &self.name)` line in its [`Validate`]
-//! impl (the section type implements [`Validate`] itself).
+//! impl; the section's own rules go in an `impl Validate` for its type (here,
+//! since the trait is local). See docs/config.md.
 
 mod core;
 pub mod de;
