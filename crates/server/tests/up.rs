@@ -364,3 +364,63 @@ async fn sighup_requests_a_reload_without_stopping() {
     });
     assert_eq!(get(addr, "/readyz", None).await.0, 200);
 }
+
+fn status_cmd(ws: &Workspace, args: &[&str], token_env: Option<&str>) -> std::process::Output {
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.arg("status").args(args).current_dir(ws.path());
+    cmd.env_remove("TRELLIS_TOKEN").env_remove("TRELLIS_CONFIG");
+    if let Some(t) = token_env {
+        cmd.env("TRELLIS_TOKEN", t);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn status_command_reports_a_running_node() {
+    let ws = Workspace::new();
+    let config = ws.up_config("token = \"status-token\"", "");
+    let mut node = Trellis::up(&ws, &config);
+    let addr = node.control_addr().to_string();
+    let cfg = config.to_str().unwrap();
+
+    // Token from the config file.
+    let out = status_cmd(&ws, &["-c", cfg, "--addr", &addr], None);
+    let stdout = common::text(&out.stdout);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    assert!(
+        stdout.starts_with(&format!(
+            "trellis {} at {addr}: running, ready",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("control"), "{stdout}");
+
+    let out = status_cmd(&ws, &["--addr", &addr, "--json"], Some("status-token"));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ready"], true);
+
+    let out = status_cmd(&ws, &["--addr", &addr], Some("wrong"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::text(&out.stderr).contains("401"),
+        "{}",
+        common::text(&out.stderr)
+    );
+}
+
+#[test]
+fn status_command_says_when_nothing_listens() {
+    let ws = Workspace::new();
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = status_cmd(&ws, &["--addr", &free.to_string()], None);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = common::text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot reach the control API at {free}")),
+        "{stderr}"
+    );
+}
