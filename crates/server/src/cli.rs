@@ -9,9 +9,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::client::{render_status, ControlClient};
 use crate::config::{Config, Secret};
-use crate::shutdown::{listen_for_signals, Reload, Shutdown};
+use crate::shutdown::listen_for_signals;
 use crate::telemetry::init_logging;
-use crate::up::{Node, Outcome};
+use crate::up::{Node, NodeOptions, Outcome};
 
 /// Trellis: distributed-system patterns (gateway, resilience, registry,
 /// events, messaging, sagas, flags) as one runtime.
@@ -175,11 +175,12 @@ fn up(path: Option<&Path>) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    let mut options = NodeOptions::new(config);
+    options.config_file = path.map(Path::to_path_buf);
+    options.log = Some(log);
     let result = runtime.block_on(async move {
-        let shutdown = Shutdown::new(config.control.shutdown_grace);
-        let reload = Reload::new();
-        let _signals = listen_for_signals(shutdown.clone(), reload.clone())?;
-        let node = Node::start(&config, shutdown, reload, Some(log)).await?;
+        let _signals = listen_for_signals(options.shutdown.clone(), options.reload.clone())?;
+        let node = Node::start(options).await?;
         node.run_until_stopped().await
     });
     // Don't wait for stragglers (e.g. a connection cut off at the deadline).

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use trellis::config::Config;
-use trellis::shutdown::{Reload, Shutdown};
-use trellis::up::{Node, Outcome};
+use trellis::shutdown::Shutdown;
+use trellis::up::{Node, NodeOptions, Outcome};
 
 #[tokio::test]
 async fn starts_on_a_free_port_and_drains_on_trigger() {
@@ -14,10 +14,10 @@ async fn starts_on_a_free_port_and_drains_on_trigger() {
         data.path().join("d").display()
     );
     let config = Config::parse(&text, std::path::Path::new("inline.toml")).unwrap();
-    let shutdown = Shutdown::new(Duration::from_secs(5));
-    let node = Node::start(&config, shutdown.clone(), Reload::new(), None)
-        .await
-        .unwrap();
+    let mut options = NodeOptions::new(config);
+    options.shutdown = Shutdown::new(Duration::from_secs(5));
+    let shutdown = options.shutdown.clone();
+    let node = Node::start(options).await.unwrap();
     let addr = node.control_addr();
     assert_ne!(addr.port(), 0);
     let run = tokio::spawn(node.run_until_stopped());

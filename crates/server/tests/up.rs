@@ -424,3 +424,56 @@ fn status_command_says_when_nothing_listens() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_config_file_and_applies_the_log_level() {
+    let ws = Workspace::new();
+    let config = ws.up_config("", "[log]\nlevel = \"info\"\n");
+    let mut node = Trellis::up(&ws, &config);
+    let addr = node.control_addr();
+    ws.up_config("", "[log]\nlevel = \"info,trellis=debug\"\n");
+    node.signal("HUP");
+    node.wait_for_line("config reloaded", |l| l.contains("config reloaded"));
+    assert_eq!(
+        get(addr, "/v1/logging", None).await.1,
+        r#"{"filter":"info,trellis=debug"}"#
+    );
+    let metrics = get(addr, "/metrics", None).await.1;
+    assert!(
+        metrics.contains(r#"trellis_config_reloads_total{result="success"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_edit_is_rejected_with_its_location_and_the_node_keeps_running() {
+    let ws = Workspace::new();
+    let config = ws.up_config("", "[log]\nlevel = \"info\"\n");
+    let mut node = Trellis::up(&ws, &config);
+    let addr = node.control_addr();
+    ws.config("[log]\nlevel = \"info\"\nformat = \"yaml\"\n");
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let line = node.wait_for_line("reload rejected", |l| l.contains("config reload rejected"));
+    assert!(
+        line.contains(&format!(
+            "{}:3:10: log.format: unknown variant `yaml`",
+            config.display()
+        )),
+        "{line}"
+    );
+    assert_eq!(get(addr, "/readyz", None).await.0, 200);
+    assert_eq!(
+        get(addr, "/v1/logging", None).await.1,
+        r#"{"filter":"info"}"#
+    );
+    let metrics = get(addr, "/metrics", None).await.1;
+    assert!(
+        metrics.contains(r#"trellis_config_reloads_total{result="failure"} 1"#),
+        "{metrics}"
+    );
+}

@@ -12,7 +12,7 @@ use super::validate::{Validate, Validator};
 
 /// `[control]`: the control-plane HTTP API (health, metrics, OpenAPI and the
 /// components' REST endpoints).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
     /// Address the control API listens on.
@@ -96,7 +96,7 @@ impl fmt::Debug for Secret {
 }
 
 /// `[log]`: what is logged and how.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A `tracing` filter: a level (`info`) or directives
@@ -163,7 +163,7 @@ pub enum LogFormat {
 }
 
 /// `[data]`: where the embedded store and other local state live.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// Directory for embedded state; created on `trellis up` if missing.

@@ -14,6 +14,7 @@
 mod core;
 pub mod de;
 mod error;
+mod live;
 mod locate;
 mod validate;
 
@@ -23,6 +24,7 @@ use serde::Deserialize;
 
 pub use self::core::{ControlConfig, DataConfig, LogConfig, LogFormat, Secret};
 pub use error::{ConfigError, Diagnostic, Location};
+pub use live::LiveConfig;
 pub use validate::{KeyPath, Problem, Segment, Validate, Validator};
 
 /// The whole `trellis.toml`.
