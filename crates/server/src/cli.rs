@@ -110,7 +110,10 @@ fn status(args: StatusArgs) -> ExitCode {
     let addr = args
         .addr
         .unwrap_or_else(|| ControlClient::local_addr(&config));
-    let token = args.token.map(Secret::new).or(config.control.token);
+    let token = match args.token {
+        Some(t) => Some(Secret::new(t)),
+        None => config.control.bearer_token().unwrap_or_default(),
+    };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -143,7 +146,7 @@ fn check(path: &Path) -> ExitCode {
                 "{}: OK (control API on {}, auth {}, data in {})",
                 path.display(),
                 config.control.listen,
-                if config.control.token.is_some() {
+                if config.control.token.is_some() || config.control.token_file.is_some() {
                     "on"
                 } else {
                     "off"

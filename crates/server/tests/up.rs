@@ -477,3 +477,15 @@ async fn a_broken_edit_is_rejected_with_its_location_and_the_node_keeps_running(
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn token_file_guards_the_api() {
+    let ws = Workspace::new();
+    let token_file = ws.path().join("token");
+    std::fs::write(&token_file, "from-a-file\n").unwrap();
+    let config = ws.up_config(&format!("token_file = '{}'", token_file.display()), "");
+    let mut node = Trellis::up(&ws, &config);
+    let addr = node.control_addr();
+    assert_eq!(get(addr, "/v1/status", None).await.0, 401);
+    assert_eq!(get(addr, "/v1/status", Some("from-a-file")).await.0, 200);
+}

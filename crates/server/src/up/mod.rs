@@ -113,7 +113,12 @@ impl Node {
             log,
             started,
         };
-        let api = ControlApi::new(ctx, config.control.token.clone());
+        let token = config
+            .control
+            .bearer_token()
+            .map_err(|e| anyhow::anyhow!("control.token_file: {e}"))?;
+        let auth = token.is_some();
+        let api = ControlApi::new(ctx, token);
 
         let listener = tokio::net::TcpListener::bind(config.control.listen)
             .await
@@ -129,7 +134,7 @@ impl Node {
         control_ready.set_ready();
         tracing::info!(
             addr = %control_addr,
-            auth = config.control.token.is_some(),
+            auth,
             data_dir = %config.data.dir.display(),
             version = env!("CARGO_PKG_VERSION"),
             "control API listening"
