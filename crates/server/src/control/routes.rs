@@ -99,10 +99,16 @@ pub(crate) struct OpenApi {
 impl OpenApi {
     pub fn add(&mut self, method: &Method, path: &str, operation: &Value, public: bool) {
         let mut operation = operation.clone();
-        if public {
-            if let Value::Object(op) = &mut operation {
+        if let Value::Object(op) = &mut operation {
+            if public {
                 op.insert("security".to_owned(), json!([]));
             }
+            // Code generators need both; fill them in rather than emit an
+            // invalid document when a contributor leaves them out.
+            op.entry("operationId")
+                .or_insert_with(|| json!(operation_id(method, path)));
+            op.entry("responses")
+                .or_insert_with(|| json!({"default": {"description": "response"}}));
         }
         self.paths
             .entry(path.to_owned())
@@ -137,5 +143,53 @@ impl OpenApi {
             doc["security"] = json!([{"bearer": []}]);
         }
         doc
+    }
+}
+
+/// `GET /v1/streams/{name}` → `get_v1_streams_name`.
+fn operation_id(method: &Method, path: &str) -> String {
+    let mut id = method.as_str().to_ascii_lowercase();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        id.push('_');
+        id.extend(
+            part.chars()
+                .filter(|c| !matches!(c, '{' | '}' | '*'))
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
+        );
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_ids_follow_method_and_path() {
+        assert_eq!(
+            operation_id(&Method::GET, "/v1/streams/{name}"),
+            "get_v1_streams_name"
+        );
+        assert_eq!(
+            operation_id(&Method::GET, "/openapi.json"),
+            "get_openapi_json"
+        );
+    }
+
+    #[test]
+    fn operations_get_an_id_and_responses_when_left_out() {
+        let mut doc = OpenApi::default();
+        doc.add(&Method::POST, "/v1/x", &json!({"summary": "x"}), false);
+        doc.add(
+            &Method::GET,
+            "/v1/x",
+            &json!({"operationId": "mine", "responses": {}}),
+            true,
+        );
+        let v = doc.to_json(true);
+        assert_eq!(v["paths"]["/v1/x"]["post"]["operationId"], "post_v1_x");
+        assert!(v["paths"]["/v1/x"]["post"]["responses"]["default"].is_object());
+        assert_eq!(v["paths"]["/v1/x"]["get"]["operationId"], "mine");
+        assert_eq!(v["paths"]["/v1/x"]["get"]["security"], json!([]));
     }
 }
