@@ -254,7 +254,14 @@ async fn json_logs_and_rust_log_override() {
     let config = ws.up_config("", "[log]\nformat = \"json\"\nlevel = \"error\"\n");
     let mut node = Trellis::up_with_env(&ws, &config, &[("RUST_LOG", "info")]);
     let addr = node.control_addr();
-    let line = node.log.lock().unwrap()[0].clone();
+    let line = node
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("control API listening"))
+        .unwrap()
+        .clone();
     let v: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["level"], "INFO");
     assert_eq!(v["message"], "control API listening");

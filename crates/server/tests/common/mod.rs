@@ -64,6 +64,7 @@ impl Workspace {
 pub struct Trellis {
     child: Child,
     lines: Receiver<String>,
+    reader: Option<std::thread::JoinHandle<()>>,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -90,16 +91,20 @@ impl Trellis {
         let (tx, lines) = mpsc::channel();
         let log = Arc::new(Mutex::new(Vec::new()));
         let all = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 all.lock().unwrap().push(line.clone());
-                if tx.send(line).is_err() {
-                    break;
-                }
+                // The receiver may be gone; keep collecting the log anyway.
+                let _ = tx.send(line);
             }
         });
-        Trellis { child, lines, log }
+        Trellis {
+            child,
+            lines,
+            reader: Some(reader),
+            log,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -153,7 +158,12 @@ impl Trellis {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return (status, started.elapsed());
+                let took = started.elapsed();
+                // stderr is at EOF now; let the reader take in the last lines.
+                if let Some(reader) = self.reader.take() {
+                    reader.join().unwrap();
+                }
+                return (status, took);
             }
             assert!(
                 started.elapsed() < PATIENCE,
