@@ -534,3 +534,22 @@ async fn token_file_guards_the_api() {
     assert_eq!(get(addr, "/v1/status", None).await.0, 401);
     assert_eq!(get(addr, "/v1/status", Some("from-a-file")).await.0, 200);
 }
+
+#[test]
+fn a_second_node_on_the_same_data_dir_is_refused() {
+    let ws = Workspace::new();
+    let config = ws.up_config("", "");
+    let mut first = Trellis::up(&ws, &config);
+    first.control_addr();
+    let mut second = Trellis::up(&ws, &config);
+    let (status, _) = second.wait_exit();
+    assert_eq!(status.code(), Some(1));
+    let log = second.log_text();
+    assert!(
+        log.contains(&format!(
+            "is in use by another trellis process (pid {})",
+            first.pid()
+        )),
+        "{log}"
+    );
+}

@@ -6,7 +6,10 @@
 //! control routes and metrics, spawn their servers with the shared
 //! [`Shutdown`], and report ready.
 
+mod data_dir;
 mod reload;
+
+pub use data_dir::{DataDirError, DataDirLock};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -70,6 +73,7 @@ pub struct Node {
     shutdown: Shutdown,
     live: LiveConfig,
     control: JoinHandle<std::io::Result<()>>,
+    _data_lock: DataDirLock,
 }
 
 impl Node {
@@ -84,8 +88,7 @@ impl Node {
             log,
         } = options;
         let started = Instant::now();
-        std::fs::create_dir_all(&config.data.dir)
-            .with_context(|| format!("cannot create data.dir {}", config.data.dir.display()))?;
+        let data_lock = data_dir::lock(&config.data.dir)?;
 
         let metrics = Metrics::new();
         metrics.register_collector(ProcessCollector::new());
@@ -144,6 +147,7 @@ impl Node {
             shutdown,
             live,
             control,
+            _data_lock: data_lock,
         })
     }
 
