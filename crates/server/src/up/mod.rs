@@ -1,27 +1,30 @@
-//! `trellis up`: a running node. [`Node::start`] binds the listeners and
-//! starts every component; [`Node::run_until_stopped`] serves until shutdown
-//! and drains within the grace deadline.
+//! `trellis up`: a running node. [`Node::start`] takes the data directory,
+//! starts every component and binds the control API;
+//! [`Node::run_until_stopped`] serves until shutdown and drains every
+//! component's task within the grace deadline.
 //!
-//! Components added later start here: register for readiness, mount their
-//! control routes and metrics, spawn their servers with the shared
-//! [`Shutdown`], and report ready.
+//! Components join in [`start_components`]: each gets a [`Wiring`] through
+//! which it reads its config section, registers metrics and readiness, mounts
+//! control routes and spawns its long-running tasks.
 
 mod data_dir;
 mod reload;
+mod tasks;
 
 pub use data_dir::{DataDirError, DataDirLock};
+pub use tasks::Wiring;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use tokio::task::JoinHandle;
 
 use crate::config::{Config, LiveConfig};
 use crate::control::{self, ControlApi, ControlContext, Readiness};
-use crate::shutdown::{Phase, Reload, Shutdown};
+use crate::shutdown::{Reload, Shutdown};
 use crate::telemetry::{LogHandle, Metrics, ProcessCollector};
+use tasks::Tasks;
 
 /// How a node stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,19 +69,28 @@ impl NodeOptions {
     }
 }
 
+/// Where each component is started. A component registers for readiness,
+/// mounts its control routes and metrics, binds its listeners, spawns its
+/// servers with [`Wiring::spawn`] (which stop on `w.shutdown`), and reports
+/// ready. Returning an error aborts the start with that message.
+async fn start_components(w: &mut Wiring<'_>) -> anyhow::Result<()> {
+    // Components (gateway, registry, events, …) are wired here, one line each.
+    let _ = w;
+    Ok(())
+}
+
 /// A started node.
 #[derive(Debug)]
 pub struct Node {
     control_addr: SocketAddr,
     shutdown: Shutdown,
     live: LiveConfig,
-    control: JoinHandle<std::io::Result<()>>,
+    tasks: Tasks,
     _data_lock: DataDirLock,
 }
 
 impl Node {
-    /// Prepares the data directory, binds the control listener and starts
-    /// serving.
+    /// Takes the data directory, starts the components and the control API.
     pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
         let NodeOptions {
             config,
@@ -94,9 +106,10 @@ impl Node {
         metrics.register_collector(ProcessCollector::new());
         let readiness = Readiness::new(shutdown.clone());
         let control_ready = readiness.register("control");
-
         let live = LiveConfig::new(config.clone());
-        tokio::spawn(
+        let mut tasks = Tasks::default();
+        tasks.spawn(
+            "config reloader",
             reload::Reloader {
                 file: config_file,
                 live: live.clone(),
@@ -108,20 +121,38 @@ impl Node {
             .run(),
         );
 
-        let ctx = ControlContext {
-            metrics,
-            readiness,
-            shutdown: shutdown.clone(),
-            reload,
-            log,
-            started,
-        };
         let token = config
             .control
             .bearer_token()
             .map_err(|e| anyhow::anyhow!("control.token_file: {e}"))?;
         let auth = token.is_some();
-        let api = ControlApi::new(ctx, token);
+        let mut api = ControlApi::new(
+            ControlContext {
+                metrics: metrics.clone(),
+                readiness: readiness.clone(),
+                shutdown: shutdown.clone(),
+                reload: reload.clone(),
+                log,
+                started,
+            },
+            token,
+        );
+
+        let mut wiring = Wiring {
+            config: &config,
+            live: &live,
+            metrics: &metrics,
+            readiness: &readiness,
+            shutdown: &shutdown,
+            reload: &reload,
+            control: &mut api,
+            tasks: &mut tasks,
+        };
+        if let Err(e) = start_components(&mut wiring).await {
+            shutdown.trigger();
+            tasks.abort_all();
+            return Err(e);
+        }
 
         let listener = tokio::net::TcpListener::bind(config.control.listen)
             .await
@@ -129,11 +160,13 @@ impl Node {
                 format!("cannot listen on control.listen {}", config.control.listen)
             })?;
         let control_addr = listener.local_addr()?;
-        let control = tokio::spawn(control::serve(
-            listener,
-            api.into_router(),
-            shutdown.clone(),
-        ));
+        let router = api.into_router();
+        let server_shutdown = shutdown.clone();
+        tasks.spawn("control API", async move {
+            control::serve(listener, router, server_shutdown)
+                .await
+                .context("control API server failed")
+        });
         control_ready.set_ready();
         tracing::info!(
             addr = %control_addr,
@@ -146,7 +179,7 @@ impl Node {
             control_addr,
             shutdown,
             live,
-            control,
+            tasks,
             _data_lock: data_lock,
         })
     }
@@ -166,31 +199,12 @@ impl Node {
         &self.shutdown
     }
 
-    /// Serves until shutdown is triggered, then waits for in-flight work up
-    /// to the grace deadline. A component failing on its own is an error
-    /// (and stops the rest).
+    /// Serves until shutdown is triggered, then waits for every component's
+    /// tasks up to the grace deadline. A task that fails or ends on its own
+    /// before shutdown starts a shutdown of the rest and is returned as the
+    /// error.
     pub async fn run_until_stopped(mut self) -> anyhow::Result<Outcome> {
-        let drained = self.shutdown.drain(&mut self.control).await;
-        let outcome = match drained {
-            Ok(joined) => {
-                let served = joined.context("control server task failed")?;
-                if !self.shutdown.is_triggered() {
-                    self.shutdown.trigger();
-                    served.context("control server failed")?;
-                    anyhow::bail!("control server stopped unexpectedly");
-                }
-                served.context("control server failed while draining")?;
-                Outcome::Drained
-            }
-            Err(_) => {
-                self.control.abort();
-                if self.shutdown.phase() == Phase::Forced {
-                    Outcome::Forced
-                } else {
-                    Outcome::DeadlineExceeded
-                }
-            }
-        };
+        let outcome = self.tasks.drain(&self.shutdown).await?;
         match outcome {
             Outcome::Drained => tracing::info!("stopped: all in-flight requests finished"),
             Outcome::DeadlineExceeded => tracing::warn!(

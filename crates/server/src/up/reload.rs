@@ -28,7 +28,7 @@ pub(crate) struct Reloader {
 }
 
 impl Reloader {
-    pub async fn run(mut self) {
+    pub async fn run(mut self) -> anyhow::Result<()> {
         let reloads = Family::<ReloadLabels, Counter>::default();
         self.metrics.register(
             "config_reloads",
@@ -38,9 +38,14 @@ impl Reloader {
         loop {
             let request = tokio::select! {
                 r = self.requests.next() => r,
-                () = self.shutdown.triggered() => return,
+                () = self.shutdown.triggered() => return Ok(()),
             };
-            let Some(request) = request else { return };
+            let Some(request) = request else {
+                // No more requests can come; stay until shutdown like any
+                // other task so the node does not mistake this for a failure.
+                self.shutdown.triggered().await;
+                return Ok(());
+            };
             let result = match self.reload_once() {
                 Ok(()) => "success",
                 Err(e) => {
