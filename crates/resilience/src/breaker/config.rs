@@ -282,9 +282,10 @@ impl Settings {
             return self.open_duration;
         };
         let exponent = i32::try_from(trips.saturating_sub(1)).unwrap_or(i32::MAX);
-        let secs = self.open_duration.as_secs_f64() * backoff.multiplier.powi(exponent);
-        if secs.is_finite() && secs < backoff.max.as_secs_f64() {
-            Duration::try_from_secs_f64(secs).unwrap_or(backoff.max)
+        // In nanoseconds, so whole multiples of whole durations stay exact.
+        let nanos = self.open_duration.as_nanos() as f64 * backoff.multiplier.powi(exponent);
+        if nanos.is_finite() && nanos < backoff.max.as_nanos() as f64 {
+            Duration::from_nanos(nanos.round() as u64)
         } else {
             backoff.max
         }
