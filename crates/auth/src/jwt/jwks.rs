@@ -206,23 +206,30 @@ impl JwksSource {
         let weak: Weak<Self> = Arc::downgrade(self);
         let every = self.refresh_interval;
         let retry_floor = self.min_refresh_interval.max(Duration::from_secs(1));
+        // The first deadline counts from now (the load that just happened),
+        // not from whenever the runtime first polls the task.
+        let mut next = Instant::now() + self.next_delay(every, retry_floor);
         runtime.spawn(async move {
             loop {
-                let failures = match weak.upgrade() {
-                    Some(source) => source.status.lock().consecutive_failures,
-                    None => return,
-                };
-                // After a failure, retry sooner than the normal interval, backing off.
-                let delay = if failures == 0 {
-                    every
-                } else {
-                    retry_floor.saturating_mul(1 << failures.min(16)).min(every)
-                };
-                tokio::time::sleep(delay).await;
+                tokio::time::sleep_until(next).await;
                 let Some(source) = weak.upgrade() else { return };
                 let _ = source.reload().await;
+                next = Instant::now() + source.next_delay(every, retry_floor);
             }
         });
+    }
+
+    /// The normal interval, or after failures a backoff from `retry_floor`
+    /// doubling up to that interval.
+    fn next_delay(&self, every: Duration, retry_floor: Duration) -> Duration {
+        let failures = self.status.lock().consecutive_failures;
+        if failures == 0 {
+            every
+        } else {
+            retry_floor
+                .saturating_mul(1 << (failures - 1).min(16))
+                .min(every)
+        }
     }
 }
 
