@@ -9,6 +9,7 @@
 //! [`cli`] is the command line on top.
 
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod shutdown;

@@ -364,3 +364,128 @@ async fn sighup_requests_a_reload_without_stopping() {
     });
     assert_eq!(get(addr, "/readyz", None).await.0, 200);
 }
+
+fn status_cmd(ws: &Workspace, args: &[&str], token_env: Option<&str>) -> std::process::Output {
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.arg("status").args(args).current_dir(ws.path());
+    cmd.env_remove("TRELLIS_TOKEN").env_remove("TRELLIS_CONFIG");
+    if let Some(t) = token_env {
+        cmd.env("TRELLIS_TOKEN", t);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn status_command_reports_a_running_node() {
+    let ws = Workspace::new();
+    let config = ws.up_config("token = \"status-token\"", "");
+    let mut node = Trellis::up(&ws, &config);
+    let addr = node.control_addr().to_string();
+    let cfg = config.to_str().unwrap();
+
+    // Token from the config file.
+    let out = status_cmd(&ws, &["-c", cfg, "--addr", &addr], None);
+    let stdout = common::text(&out.stdout);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    assert!(
+        stdout.starts_with(&format!(
+            "trellis {} at {addr}: running, ready",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("control"), "{stdout}");
+
+    let out = status_cmd(&ws, &["--addr", &addr, "--json"], Some("status-token"));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ready"], true);
+
+    let out = status_cmd(&ws, &["--addr", &addr], Some("wrong"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::text(&out.stderr).contains("401"),
+        "{}",
+        common::text(&out.stderr)
+    );
+}
+
+#[test]
+fn status_command_says_when_nothing_listens() {
+    let ws = Workspace::new();
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = status_cmd(&ws, &["--addr", &free.to_string()], None);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = common::text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot reach the control API at {free}")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config_file_and_applies_the_log_level() {
+    let ws = Workspace::new();
+    let config = ws.up_config("", "[log]\nlevel = \"info\"\n");
+    let mut node = Trellis::up(&ws, &config);
+    let addr = node.control_addr();
+    ws.up_config("", "[log]\nlevel = \"info,trellis=debug\"\n");
+    node.signal("HUP");
+    node.wait_for_line("config reloaded", |l| l.contains("config reloaded"));
+    assert_eq!(
+        get(addr, "/v1/logging", None).await.1,
+        r#"{"filter":"info,trellis=debug"}"#
+    );
+    let metrics = get(addr, "/metrics", None).await.1;
+    assert!(
+        metrics.contains(r#"trellis_config_reloads_total{result="success"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_edit_is_rejected_with_its_location_and_the_node_keeps_running() {
+    let ws = Workspace::new();
+    let config = ws.up_config("", "[log]\nlevel = \"info\"\n");
+    let mut node = Trellis::up(&ws, &config);
+    let addr = node.control_addr();
+    ws.config("[log]\nlevel = \"info\"\nformat = \"yaml\"\n");
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let line = node.wait_for_line("reload rejected", |l| l.contains("config reload rejected"));
+    assert!(
+        line.contains(&format!(
+            "{}:3:10: log.format: unknown variant `yaml`",
+            config.display()
+        )),
+        "{line}"
+    );
+    assert_eq!(get(addr, "/readyz", None).await.0, 200);
+    assert_eq!(
+        get(addr, "/v1/logging", None).await.1,
+        r#"{"filter":"info"}"#
+    );
+    let metrics = get(addr, "/metrics", None).await.1;
+    assert!(
+        metrics.contains(r#"trellis_config_reloads_total{result="failure"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn token_file_guards_the_api() {
+    let ws = Workspace::new();
+    let token_file = ws.path().join("token");
+    std::fs::write(&token_file, "from-a-file\n").unwrap();
+    let config = ws.up_config(&format!("token_file = '{}'", token_file.display()), "");
+    let mut node = Trellis::up(&ws, &config);
+    let addr = node.control_addr();
+    assert_eq!(get(addr, "/v1/status", None).await.0, 401);
+    assert_eq!(get(addr, "/v1/status", Some("from-a-file")).await.0, 200);
+}

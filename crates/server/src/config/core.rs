@@ -12,15 +12,19 @@ use super::validate::{Validate, Validator};
 
 /// `[control]`: the control-plane HTTP API (health, metrics, OpenAPI and the
 /// components' REST endpoints).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
     /// Address the control API listens on.
     #[serde(deserialize_with = "de::socket_addr")]
     pub listen: SocketAddr,
     /// Bearer token required on every control request except `/healthz` and
-    /// `/readyz`. Mandatory when `listen` is not a loopback address.
+    /// `/readyz`. Mandatory (or `token_file`) when `listen` is not a loopback
+    /// address.
     pub token: Option<Secret>,
+    /// A file holding the token (surrounding whitespace ignored), so the
+    /// secret can stay out of the config, e.g. a mounted Kubernetes secret.
+    pub token_file: Option<PathBuf>,
     /// How long shutdown waits for in-flight requests before giving up.
     #[serde(deserialize_with = "de::duration")]
     pub shutdown_grace: Duration,
@@ -37,16 +41,48 @@ impl Default for ControlConfig {
         ControlConfig {
             listen: Self::DEFAULT_LISTEN,
             token: None,
+            token_file: None,
             shutdown_grace: Duration::from_secs(30),
         }
     }
 }
 
+impl ControlConfig {
+    /// The bearer token in force, from `token` or read from `token_file`.
+    pub fn bearer_token(&self) -> Result<Option<Secret>, String> {
+        if let Some(token) = &self.token {
+            return Ok(Some(token.clone()));
+        }
+        let Some(file) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        Ok(Some(Secret::new(text.trim())))
+    }
+}
+
 impl Validate for ControlConfig {
     fn validate(&self, v: &mut Validator) {
-        match &self.token {
+        let key = if self.token_file.is_some() {
+            "token_file"
+        } else {
+            "token"
+        };
+        if self.token.is_some() && self.token_file.is_some() {
+            v.invalid("token_file", "set either token or token_file, not both");
+            return;
+        }
+        let token = match self.bearer_token() {
+            Ok(token) => token,
+            Err(e) => {
+                v.invalid(key, e);
+                return;
+            }
+        };
+        match token {
             Some(token) if token.expose().is_empty() => {
-                v.invalid("token", "must not be empty");
+                v.invalid(key, "the token must not be empty");
             }
             Some(token)
                 if token
@@ -54,7 +90,10 @@ impl Validate for ControlConfig {
                     .chars()
                     .any(|c| c.is_whitespace() || c.is_control()) =>
             {
-                v.invalid("token", "must not contain whitespace or control characters");
+                v.invalid(
+                    key,
+                    "the token must not contain whitespace or control characters",
+                );
             }
             Some(_) => {}
             None if !self.listen.ip().is_loopback() => {
@@ -62,7 +101,7 @@ impl Validate for ControlConfig {
                     "token",
                     format!(
                         "required because control.listen ({}) is reachable beyond loopback; \
-                         set a bearer token or listen on 127.0.0.1",
+                         set token or token_file, or listen on 127.0.0.1",
                         self.listen
                     ),
                 );
@@ -96,7 +135,7 @@ impl fmt::Debug for Secret {
 }
 
 /// `[log]`: what is logged and how.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A `tracing` filter: a level (`info`) or directives
@@ -163,7 +202,7 @@ pub enum LogFormat {
 }
 
 /// `[data]`: where the embedded store and other local state live.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// Directory for embedded state; created on `trellis up` if missing.

@@ -4,8 +4,9 @@
 //! They parse inside a serde `Visitor` rather than after deserializing a
 //! `String`, because only errors raised inside the visitor get the value's
 //! span from the TOML deserializer, and the span is what gives `check` its
-//! line and column. Other crates use them with
-//! `#[serde(deserialize_with = "trellis::config::de::duration")]`.
+//! line and column. Sections in this crate use them with
+//! `#[serde(deserialize_with = "de::duration")]`; component crates, which
+//! cannot depend on the binary, get the same effect from `humantime-serde`.
 
 use std::fmt;
 use std::marker::PhantomData;

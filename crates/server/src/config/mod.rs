@@ -8,11 +8,13 @@
 //!
 //! Adding a section owned by another crate is a two-line change: a field on
 //! [`Config`] and a `v.section("name", &self.name)` line in its [`Validate`]
-//! impl (the section type implements [`Validate`] itself).
+//! impl; the section's own rules go in an `impl Validate` for its type (here,
+//! since the trait is local). See docs/config.md.
 
 mod core;
 pub mod de;
 mod error;
+mod live;
 mod locate;
 mod validate;
 
@@ -22,6 +24,7 @@ use serde::Deserialize;
 
 pub use self::core::{ControlConfig, DataConfig, LogConfig, LogFormat, Secret};
 pub use error::{ConfigError, Diagnostic, Location};
+pub use live::LiveConfig;
 pub use validate::{KeyPath, Problem, Segment, Validate, Validator};
 
 /// The whole `trellis.toml`.

@@ -123,7 +123,7 @@ fn public_listener_with_token_is_accepted() {
 fn empty_token_points_at_the_value() {
     let e = first_error("[control]\ntoken = \"\"\n");
     assert!(
-        e.starts_with("trellis.toml:2:9: control.token: must not be empty"),
+        e.starts_with("trellis.toml:2:9: control.token: the token must not be empty"),
         "{e}"
     );
 }
@@ -185,5 +185,36 @@ fn nested_validation_locates_array_elements() {
     assert_eq!(
         err.to_string(),
         "t.toml:5:12: routes[1].upstream: no such upstream"
+    );
+}
+
+#[test]
+fn token_can_come_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "from-file\n").unwrap();
+    let text = format!(
+        "[control]\nlisten = \"0.0.0.0:9900\"\ntoken_file = '{}'\n",
+        file.display()
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.control.bearer_token(), Ok(Some(Secret::new("from-file"))));
+}
+
+#[test]
+fn unreadable_token_file_is_reported_at_its_key() {
+    let e = first_error("[control]\ntoken_file = '/nonexistent/token'\n");
+    assert!(
+        e.starts_with("trellis.toml:2:14: control.token_file: cannot read /nonexistent/token"),
+        "{e}"
+    );
+}
+
+#[test]
+fn token_and_token_file_are_exclusive() {
+    let e = first_error("[control]\ntoken = \"a\"\ntoken_file = '/x'\n");
+    assert!(
+        e.contains("control.token_file: set either token or token_file"),
+        "{e}"
     );
 }

@@ -155,6 +155,9 @@ impl ControlApi {
         }
         public
             .merge(protected)
+            .fallback(|method: Method, uri: http::Uri| async move {
+                ApiError::not_found(format!("no control endpoint {method} {}", uri.path()))
+            })
             .layer(middleware::from_fn_with_state(
                 self.http_metrics,
                 metrics::track,

@@ -197,3 +197,15 @@ async fn control_requests_are_counted_by_route_template() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn unknown_paths_get_a_json_error() {
+    let router = ControlApi::new(context(), Some(Secret::new("t"))).into_router();
+    let (status, body) = call(&router, "GET", "/v1/nothing", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        err["error"]["message"],
+        "no control endpoint GET /v1/nothing"
+    );
+}

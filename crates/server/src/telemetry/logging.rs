@@ -35,6 +35,7 @@ pub enum LoggingError {
 pub struct LogHandle {
     reload: reload::Handle<EnvFilter, Registry>,
     current: Arc<Mutex<String>>,
+    from_env: bool,
 }
 
 impl std::fmt::Debug for LogHandle {
@@ -49,6 +50,11 @@ impl LogHandle {
     /// The filter in force.
     pub fn filter(&self) -> String {
         self.current.lock().clone()
+    }
+
+    /// True when `RUST_LOG` chose the filter, so config reloads leave it be.
+    pub fn set_by_env(&self) -> bool {
+        self.from_env
     }
 
     /// Replaces the filter, e.g. `"debug"` or `"info,trellis=trace"`.
@@ -74,9 +80,9 @@ fn parse_filter(filter: &str) -> Result<EnvFilter, LoggingError> {
 /// Installs the global subscriber: logs go to stderr as text or JSON, with
 /// `RUST_LOG` (when set) taking precedence over `[log] level`.
 pub fn init_logging(config: &LogConfig) -> Result<LogHandle, LoggingError> {
-    let filter_text = match std::env::var("RUST_LOG") {
-        Ok(env) if !env.trim().is_empty() => env,
-        _ => config.level.clone(),
+    let (filter_text, from_env) = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.trim().is_empty() => (env, true),
+        _ => (config.level.clone(), false),
     };
     let (filter, reload) = reload::Layer::new(parse_filter(&filter_text)?);
     let registry = tracing_subscriber::registry().with(filter);
@@ -103,5 +109,6 @@ pub fn init_logging(config: &LogConfig) -> Result<LogHandle, LoggingError> {
     Ok(LogHandle {
         reload,
         current: Arc::new(Mutex::new(filter_text)),
+        from_env,
     })
 }

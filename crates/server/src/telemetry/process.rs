@@ -43,13 +43,16 @@ impl ProcessCollector {
     }
 }
 
-fn gauge(
+fn gauge<N>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     unit: Option<&Unit>,
-    value: f64,
-) -> fmt::Result {
+    value: N,
+) -> fmt::Result
+where
+    ConstGauge<N>: EncodeMetric,
+{
     let metric = ConstGauge::new(value);
     let e = encoder.encode_descriptor(name, help, unit, metric.metric_type())?;
     metric.encode(e)
@@ -109,8 +112,8 @@ impl Collector for ProcessCollector {
 mod linux {
     pub(super) struct Stats {
         pub resident_bytes: f64,
-        pub threads: f64,
-        pub open_fds: f64,
+        pub threads: i64,
+        pub open_fds: i64,
         pub cpu_seconds: f64,
     }
 
@@ -125,8 +128,8 @@ mod linux {
             line.split_whitespace().nth(1)?.parse().ok()
         };
         let resident_bytes = field("VmRSS:")? * 1024.0;
-        let threads = field("Threads:")?;
-        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as f64;
+        let threads = field("Threads:")? as i64;
+        let open_fds = i64::try_from(std::fs::read_dir("/proc/self/fd").ok()?.count()).ok()?;
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
         // Fields after the parenthesised command name, which may hold spaces.
         let after = stat.rsplit_once(')')?.1;

@@ -6,13 +6,16 @@
 //! control routes and metrics, spawn their servers with the shared
 //! [`Shutdown`], and report ready.
 
+mod reload;
+
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context as _;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, LiveConfig};
 use crate::control::{self, ControlApi, ControlContext, Readiness};
 use crate::shutdown::{Phase, Reload, Shutdown};
 use crate::telemetry::{LogHandle, Metrics, ProcessCollector};
@@ -28,25 +31,58 @@ pub enum Outcome {
     Forced,
 }
 
+/// What a node starts from.
+#[derive(Debug)]
+pub struct NodeOptions {
+    /// The validated config.
+    pub config: Config,
+    /// The file it came from, re-read on reload requests; `None` runs on
+    /// defaults and reloads do nothing.
+    pub config_file: Option<PathBuf>,
+    /// Lifecycle; wire it to signals (see
+    /// [`crate::shutdown::listen_for_signals`]) before starting so none is
+    /// missed while starting.
+    pub shutdown: Shutdown,
+    /// Reload requests (SIGHUP, `POST /v1/reload`).
+    pub reload: Reload,
+    /// The log filter handle, when this process installed the subscriber.
+    pub log: Option<LogHandle>,
+}
+
+impl NodeOptions {
+    /// Options for `config` with fresh shutdown (grace from
+    /// `control.shutdown_grace`) and reload handles.
+    pub fn new(config: Config) -> Self {
+        NodeOptions {
+            shutdown: Shutdown::new(config.control.shutdown_grace),
+            reload: Reload::new(),
+            config,
+            config_file: None,
+            log: None,
+        }
+    }
+}
+
 /// A started node.
 #[derive(Debug)]
 pub struct Node {
     control_addr: SocketAddr,
     shutdown: Shutdown,
+    live: LiveConfig,
     control: JoinHandle<std::io::Result<()>>,
 }
 
 impl Node {
     /// Prepares the data directory, binds the control listener and starts
-    /// serving. `shutdown` should already be wired to signals (see
-    /// [`crate::shutdown::listen_for_signals`]) so none is missed while
-    /// starting.
-    pub async fn start(
-        config: &Config,
-        shutdown: Shutdown,
-        reload: Reload,
-        log: Option<LogHandle>,
-    ) -> anyhow::Result<Node> {
+    /// serving.
+    pub async fn start(options: NodeOptions) -> anyhow::Result<Node> {
+        let NodeOptions {
+            config,
+            config_file,
+            shutdown,
+            reload,
+            log,
+        } = options;
         let started = Instant::now();
         std::fs::create_dir_all(&config.data.dir)
             .with_context(|| format!("cannot create data.dir {}", config.data.dir.display()))?;
@@ -56,6 +92,19 @@ impl Node {
         let readiness = Readiness::new(shutdown.clone());
         let control_ready = readiness.register("control");
 
+        let live = LiveConfig::new(config.clone());
+        tokio::spawn(
+            reload::Reloader {
+                file: config_file,
+                live: live.clone(),
+                requests: reload.subscribe(),
+                log: log.clone(),
+                shutdown: shutdown.clone(),
+                metrics: metrics.clone(),
+            }
+            .run(),
+        );
+
         let ctx = ControlContext {
             metrics,
             readiness,
@@ -64,7 +113,12 @@ impl Node {
             log,
             started,
         };
-        let api = ControlApi::new(ctx, config.control.token.clone());
+        let token = config
+            .control
+            .bearer_token()
+            .map_err(|e| anyhow::anyhow!("control.token_file: {e}"))?;
+        let auth = token.is_some();
+        let api = ControlApi::new(ctx, token);
 
         let listener = tokio::net::TcpListener::bind(config.control.listen)
             .await
@@ -80,7 +134,7 @@ impl Node {
         control_ready.set_ready();
         tracing::info!(
             addr = %control_addr,
-            auth = config.control.token.is_some(),
+            auth,
             data_dir = %config.data.dir.display(),
             version = env!("CARGO_PKG_VERSION"),
             "control API listening"
@@ -88,8 +142,14 @@ impl Node {
         Ok(Node {
             control_addr,
             shutdown,
+            live,
             control,
         })
+    }
+
+    /// The config in force; components watch it for reloads.
+    pub fn live_config(&self) -> &LiveConfig {
+        &self.live
     }
 
     /// Where the control API listens (useful with port 0).
