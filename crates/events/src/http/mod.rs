@@ -12,6 +12,7 @@
 //! | `GET`/`PUT /streams/{name}/snapshot` | latest snapshot |
 //! | `GET /streams/{name}/subscribe`, `GET /categories/{c}/subscribe` | SSE, catch-up then live; resumes from `Last-Event-ID` |
 
+pub mod openapi;
 pub mod problem;
 
 use std::convert::Infallible;
@@ -31,6 +32,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+pub use openapi::openapi;
 pub use problem::Problem;
 
 use crate::read::MAX_READ_COUNT;
