@@ -36,7 +36,10 @@ pub enum StartFrom {
     Beginning,
     /// Events after this global position: a checkpoint saved by the consumer.
     After(u64),
-    /// Only events appended from now on.
+    /// Only events appended after the subscription is made. "Now" is the last
+    /// position appended through this `EventStore` (or the head when it was
+    /// opened): exact in-process; appends by other processes sharing a
+    /// PostgreSQL store that this one has not yet observed may be included.
     End,
 }
 
@@ -77,6 +80,8 @@ struct State {
     checkpoint: Option<u64>,
     buffer: VecDeque<RecordedEvent>,
     wake: watch::Receiver<u64>,
+    /// The last position this process had appended when the subscription was made.
+    end: u64,
     failed: bool,
 }
 
@@ -88,7 +93,7 @@ impl State {
                 let start = match self.opts.from {
                     StartFrom::Beginning => 0,
                     StartFrom::After(p) => p,
-                    StartFrom::End => self.store.head_position().await?,
+                    StartFrom::End => self.end,
                 };
                 self.checkpoint = Some(start);
                 start
@@ -134,12 +139,14 @@ pub(crate) fn subscribe(
     opts: SubscriptionOptions,
     wake: watch::Receiver<u64>,
 ) -> impl Stream<Item = Result<RecordedEvent, ReadError>> + Send + 'static {
+    let end = *wake.borrow();
     let state = State {
         store,
         opts,
         checkpoint: None,
         buffer: VecDeque::new(),
         wake,
+        end,
         failed: false,
     };
     futures::stream::unfold(state, |mut s| async move {

@@ -405,3 +405,82 @@ async fn sse_delivers_catch_up_then_live_events_with_positions_as_ids() {
     assert!(first.contains("id: 3\n"), "{first}");
     f.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_token_reaches_only_its_own_namespace() {
+    use trellis_events::http::{router_for, EventStores};
+    let f = common::sqlite().await;
+    let shop = f.store.create_namespace("shop").await.unwrap();
+    let billing = f.store.create_namespace("billing").await.unwrap();
+    let app = router_for(EventStores::with_namespaces(
+        f.events.clone(),
+        f.store.clone(),
+    ));
+    let send = |token: Option<&str>, method: &str, uri: &str, body: String| {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header("Trellis-Namespace-Token", t);
+        }
+        let app = app.clone();
+        let req = req.body(Body::from(body)).unwrap();
+        async move {
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (s, _) = send(
+        Some(shop.as_str()),
+        "POST",
+        "/streams/order-1",
+        json!([event("Placed")]).to_string(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = send(
+        Some(shop.as_str()),
+        "GET",
+        "/streams/order-1",
+        String::new(),
+    )
+    .await;
+    assert_eq!(
+        (s, v["events"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(1))
+    );
+    let (s, _) = send(
+        Some(billing.as_str()),
+        "GET",
+        "/streams/order-1",
+        String::new(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "billing cannot see shop's stream");
+    let (_, v) = send(None, "GET", "/streams/$all", String::new()).await;
+    assert_eq!(
+        v["events"].as_array().map(Vec::len),
+        Some(0),
+        "nor can the default namespace"
+    );
+    let forged = format!("shop.{}", "f".repeat(64));
+    let (s, v) = send(Some(&forged), "GET", "/streams/order-1", String::new()).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_namespace_token"))
+    );
+    // The single-store router refuses tokens rather than ignoring them.
+    let (s, _, _) = call(
+        &f.events,
+        "GET",
+        "/streams/$all",
+        &[("Trellis-Namespace-Token", shop.as_str())],
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    f.cleanup().await;
+}

@@ -142,6 +142,10 @@ async fn start_from_end_sees_only_new_events(es: &EventStore) {
         .unwrap()
         .unwrap();
     assert_eq!((e.stream.as_str(), e.position), ("new-1", 2));
+    // Then it waits for the next one.
+    assert!(tokio::time::timeout(Duration::from_millis(200), sub.next())
+        .await
+        .is_err());
 }
 
 async fn appends_in_a_callers_transaction_and_by_other_processes_are_delivered(es: &EventStore) {

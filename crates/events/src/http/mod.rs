@@ -11,14 +11,18 @@
 //! | `DELETE /streams/{name}?mode=soft\|tombstone` | delete (`ES-ExpectedVersion` honoured) |
 //! | `GET`/`PUT /streams/{name}/snapshot` | latest snapshot |
 //! | `GET /streams/{name}/subscribe`, `GET /categories/{c}/subscribe` | SSE, catch-up then live; resumes from `Last-Event-ID` |
+//!
+//! With [`router_for`], a `Trellis-Namespace-Token` header selects the namespace.
 
+pub mod openapi;
 pub mod problem;
+pub mod tenant;
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -31,7 +35,9 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+pub use openapi::openapi;
 pub use problem::Problem;
+pub use tenant::{EventStores, Tenant, NAMESPACE_TOKEN_HEADER};
 
 use crate::read::MAX_READ_COUNT;
 use crate::{
@@ -42,10 +48,16 @@ use crate::{
 /// The header carrying the expected version, as in EventStoreDB's HTTP API.
 pub const EXPECTED_VERSION_HEADER: &str = "ES-ExpectedVersion";
 
-/// The event store's routes; mount it under a prefix of the control API.
+/// The event store's routes over one event store; mount it under a prefix of the control API.
 pub fn router(store: EventStore) -> Router {
+    router_for(EventStores::single(store))
+}
+
+/// The routes over several namespaces: requests with a `Trellis-Namespace-Token`
+/// header reach that namespace's event store only (see [`tenant`]).
+pub fn router_for(stores: EventStores) -> Router {
     // Room for JSON framing around a maximal batch; past this the request is refused unread.
-    let body_limit = store.limits().max_batch_bytes + (1 << 20);
+    let body_limit = stores.default_store().limits().max_batch_bytes + (1 << 20);
     Router::new()
         .route(
             "/streams/{name}",
@@ -71,7 +83,7 @@ pub fn router(store: EventStore) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(store)
+        .with_state(stores)
 }
 
 type Result<T> = std::result::Result<T, Problem>;
@@ -132,7 +144,7 @@ struct AppendBody {
 }
 
 async fn append(
-    State(store): State<EventStore>,
+    Tenant(store): Tenant,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
@@ -284,7 +296,7 @@ fn page(
 }
 
 async fn read_stream(
-    State(store): State<EventStore>,
+    Tenant(store): Tenant,
     Path(name): Path<String>,
     query: std::result::Result<
         Query<Vec<(String, String)>>,
@@ -318,7 +330,7 @@ async fn read_stream(
 }
 
 async fn read_category(
-    State(store): State<EventStore>,
+    Tenant(store): Tenant,
     Path(category): Path<String>,
     query: std::result::Result<
         Query<Vec<(String, String)>>,
@@ -333,7 +345,7 @@ async fn read_category(
 }
 
 async fn delete(
-    State(store): State<EventStore>,
+    Tenant(store): Tenant,
     Path(name): Path<String>,
     headers: HeaderMap,
     query: std::result::Result<
@@ -350,14 +362,14 @@ async fn delete(
 }
 
 async fn get_metadata(
-    State(store): State<EventStore>,
+    Tenant(store): Tenant,
     Path(name): Path<String>,
 ) -> Result<Json<StreamMetadata>> {
     Ok(Json(store.stream_metadata(&name).await?))
 }
 
 async fn put_metadata(
-    State(store): State<EventStore>,
+    Tenant(store): Tenant,
     Path(name): Path<String>,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Json<StreamMetadata>> {
@@ -373,10 +385,7 @@ struct SnapshotBody {
     data: Box<RawValue>,
 }
 
-async fn get_snapshot(
-    State(store): State<EventStore>,
-    Path(name): Path<String>,
-) -> Result<Response> {
+async fn get_snapshot(Tenant(store): Tenant, Path(name): Path<String>) -> Result<Response> {
     match store.read_snapshot(&name).await? {
         Some(s) => Ok(Json(s).into_response()),
         None => Err(Problem::new(
@@ -389,7 +398,7 @@ async fn get_snapshot(
 }
 
 async fn put_snapshot(
-    State(store): State<EventStore>,
+    Tenant(store): Tenant,
     Path(name): Path<String>,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode> {
@@ -443,7 +452,7 @@ fn sse(
 }
 
 async fn subscribe_stream(
-    State(store): State<EventStore>,
+    Tenant(store): Tenant,
     Path(name): Path<String>,
     headers: HeaderMap,
     query: std::result::Result<
@@ -462,7 +471,7 @@ async fn subscribe_stream(
 }
 
 async fn subscribe_category(
-    State(store): State<EventStore>,
+    Tenant(store): Tenant,
     Path(category): Path<String>,
     headers: HeaderMap,
     query: std::result::Result<
