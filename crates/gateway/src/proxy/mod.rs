@@ -60,7 +60,11 @@ pub(crate) async fn handle(
         Err(e) => (e.response(grpc, Some(&request_id)), None),
         Ok(route) => {
             let resp = match RouteService::serve(&route, listener, conn, req).await {
-                Ok(r) => r,
+                Ok(mut r) => {
+                    r.headers_mut()
+                        .insert(headers::X_REQUEST_ID, request_id.clone());
+                    r
+                }
                 Err(e) => {
                     route.metrics.error(e.code());
                     e.response(grpc, Some(&request_id))

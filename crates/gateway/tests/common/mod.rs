@@ -25,21 +25,32 @@ pub async fn echo(name: &str) -> Echo {
         let h = h.clone();
         async move {
             h.fetch_add(1, Ordering::SeqCst);
-            let headers: serde_json::Map<String, serde_json::Value> = req
-                .headers()
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_owned(),
-                        serde_json::Value::from(v.to_str().unwrap_or("?")),
-                    )
-                })
-                .collect();
+            let (parts, body) = req.into_parts();
+            let body_len = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .map(|b| b.len())
+                .unwrap_or(usize::MAX);
+            let req = Request::from_parts(parts, ());
+            // Repeated headers are joined with ", " so a test sees every value.
+            let mut headers = serde_json::Map::new();
+            for k in req.headers().keys() {
+                let all: Vec<&str> = req
+                    .headers()
+                    .get_all(k)
+                    .iter()
+                    .map(|v| v.to_str().unwrap_or("?"))
+                    .collect();
+                headers.insert(
+                    k.as_str().to_owned(),
+                    serde_json::Value::from(all.join(", ")),
+                );
+            }
             let body = serde_json::json!({
                 "upstream": name,
                 "method": req.method().as_str(),
                 "uri": req.uri().to_string(),
                 "headers": headers,
+                "body_len": body_len,
             });
             (
                 [
