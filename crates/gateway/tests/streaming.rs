@@ -71,14 +71,11 @@ async fn websocket_echo_through_the_gateway() {
         axum::routing::get(|ws: WebSocketUpgrade| async move {
             ws.on_upgrade(|mut socket| async move {
                 while let Some(Ok(msg)) = socket.recv().await {
-                    match msg {
-                        Message::Text(t) => {
-                            let _ = socket
-                                .send(Message::Text(format!("echo: {t}").into()))
-                                .await;
-                        }
-                        // Keep reading: tungstenite answers the close frame itself.
-                        _ => {}
+                    // Other frames are left to tungstenite, which answers a close itself.
+                    if let Message::Text(t) = msg {
+                        let _ = socket
+                            .send(Message::Text(format!("echo: {t}").into()))
+                            .await;
                     }
                 }
             })
