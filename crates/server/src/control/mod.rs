@@ -27,7 +27,7 @@ pub use routes::ControlRoutes;
 use crate::config::Secret;
 use crate::shutdown::{Reload, Shutdown};
 use crate::telemetry::{LogHandle, Metrics};
-use routes::{Endpoint, OpenApi};
+use routes::{Endpoint, Nested, OpenApi};
 
 /// What the built-in control endpoints need from the rest of the process.
 #[derive(Debug, Clone)]
@@ -61,6 +61,17 @@ pub enum ControlError {
     /// A path that axum cannot route.
     #[error("control route path {0:?} must start with '/'")]
     InvalidPath(String),
+    /// A nested router's prefix that axum cannot nest under.
+    #[error("control router prefix {0:?} must be a literal path like \"/v1/events\"")]
+    InvalidPrefix(String),
+    /// A path or prefix overlaps a router already mounted under a prefix.
+    #[error("control path {path} overlaps the router mounted at {prefix}")]
+    Overlap {
+        /// The new path or prefix.
+        path: String,
+        /// The prefix it overlaps.
+        prefix: String,
+    },
 }
 
 /// Builds the control router from the built-in endpoints plus every
@@ -68,6 +79,7 @@ pub enum ControlError {
 pub struct ControlApi {
     token: Option<Secret>,
     endpoints: Vec<Endpoint>,
+    nested: Vec<Nested>,
     seen: BTreeSet<(String, String)>,
     openapi: OpenApi,
     http_metrics: metrics::HttpMetrics,
@@ -81,6 +93,7 @@ impl ControlApi {
         let mut api = ControlApi {
             token,
             endpoints: Vec::new(),
+            nested: Vec::new(),
             seen: BTreeSet::from([("GET".to_owned(), OPENAPI_PATH.to_owned())]),
             openapi: OpenApi::default(),
             http_metrics: metrics::HttpMetrics::register(&ctx.metrics),
@@ -100,7 +113,39 @@ impl ControlApi {
     /// Adds a component's endpoints. Fails, leaving the API unchanged, if any
     /// method and path is already taken.
     pub fn mount(&mut self, routes: ControlRoutes) -> Result<(), ControlError> {
+        let mut prefixes: Vec<&str> = self.nested.iter().map(|n| n.prefix.as_str()).collect();
+        for n in &routes.nested {
+            let p = n.prefix.as_str();
+            let literal = p.starts_with('/')
+                && p.len() > 1
+                && !p.ends_with('/')
+                && !p.contains(['{', '}', '*']);
+            if !literal {
+                return Err(ControlError::InvalidPrefix(n.prefix.clone()));
+            }
+            if let Some(taken) = prefixes.iter().find(|q| under(p, q) || under(q, p)) {
+                return Err(ControlError::Overlap {
+                    path: n.prefix.clone(),
+                    prefix: (*taken).to_owned(),
+                });
+            }
+            prefixes.push(p);
+        }
         let mut claimed = BTreeSet::new();
+        for (path, method) in self
+            .endpoints
+            .iter()
+            .chain(&routes.endpoints)
+            .map(|e| (&e.path, &e.method))
+            .chain([(&OPENAPI_PATH.to_owned(), &Method::GET)])
+        {
+            if let Some(prefix) = prefixes.iter().find(|p| under(path, p)) {
+                return Err(ControlError::Overlap {
+                    path: format!("{method} {path}"),
+                    prefix: (*prefix).to_owned(),
+                });
+            }
+        }
         for e in &routes.endpoints {
             if !e.path.starts_with('/') {
                 return Err(ControlError::InvalidPath(e.path.clone()));
@@ -117,8 +162,12 @@ impl ControlApi {
         for e in &routes.endpoints {
             self.openapi.add(&e.method, &e.path, &e.operation, e.public);
         }
+        for n in &routes.nested {
+            self.openapi.add_fragment(&n.doc);
+        }
         self.openapi.add_schemas(&routes.schemas);
         self.endpoints.extend(routes.endpoints);
+        self.nested.extend(routes.nested);
         Ok(())
     }
 
@@ -140,6 +189,9 @@ impl ControlApi {
                 async move { ([(http::header::CONTENT_TYPE, "application/json")], doc) }
             }),
         );
+        for n in self.nested {
+            protected = protected.nest(&n.prefix, n.router);
+        }
         for e in self.endpoints {
             if e.public {
                 public = public.route(&e.path, e.handler);
@@ -167,6 +219,14 @@ impl ControlApi {
 }
 
 const OPENAPI_PATH: &str = "/openapi.json";
+
+/// True when `path` is `prefix` or below it.
+fn under(path: &str, prefix: &str) -> bool {
+    path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
 
 fn openapi_operation() -> Value {
     serde_json::json!({

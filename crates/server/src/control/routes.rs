@@ -24,7 +24,15 @@ pub(crate) struct Endpoint {
 #[derive(Default)]
 pub struct ControlRoutes {
     pub(crate) endpoints: Vec<Endpoint>,
+    pub(crate) nested: Vec<Nested>,
     pub(crate) schemas: BTreeMap<String, Value>,
+}
+
+/// A whole router mounted under a prefix.
+pub(crate) struct Nested {
+    pub prefix: String,
+    pub router: axum::Router,
+    pub doc: Value,
 }
 
 impl ControlRoutes {
@@ -72,6 +80,20 @@ impl ControlRoutes {
         self.endpoint(Method::DELETE, path, routing::delete(h), operation)
     }
 
+    /// Mounts a component's own router under `prefix` (e.g. `/v1/events`),
+    /// for components that build their API as one `axum::Router`. `openapi`
+    /// documents it as an OpenAPI fragment,
+    /// `{"paths": {...}, "components": {"schemas": {...}}}`, whose paths
+    /// already include the prefix.
+    pub fn nest(mut self, prefix: &str, router: axum::Router, openapi: Value) -> Self {
+        self.nested.push(Nested {
+            prefix: prefix.to_owned(),
+            router,
+            doc: openapi,
+        });
+        self
+    }
+
     /// Adds a named schema under `components.schemas`, for `$ref`s of the form
     /// `#/components/schemas/NAME`.
     pub fn schema(mut self, name: &str, schema: Value) -> Self {
@@ -116,6 +138,35 @@ impl OpenApi {
             .insert(method.as_str().to_ascii_lowercase(), operation);
     }
 
+    /// Merges an OpenAPI fragment (`paths` and `components.schemas`).
+    pub fn add_fragment(&mut self, doc: &Value) {
+        if let Some(paths) = doc["paths"].as_object() {
+            for (path, item) in paths {
+                let Some(item) = item.as_object() else {
+                    continue;
+                };
+                for (key, value) in item {
+                    match Method::from_bytes(key.to_ascii_uppercase().as_bytes()) {
+                        Ok(method) if is_operation(&method) => {
+                            self.add(&method, path, value, false);
+                        }
+                        _ => {
+                            self.paths
+                                .entry(path.clone())
+                                .or_default()
+                                .insert(key.clone(), value.clone());
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(schemas) = doc["components"]["schemas"].as_object() {
+            for (name, schema) in schemas {
+                self.schemas.insert(name.clone(), schema.clone());
+            }
+        }
+    }
+
     pub fn add_schemas(&mut self, schemas: &BTreeMap<String, Value>) {
         for (name, schema) in schemas {
             self.schemas.insert(name.clone(), schema.clone());
@@ -144,6 +195,20 @@ impl OpenApi {
         }
         doc
     }
+}
+
+fn is_operation(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::PUT,
+        Method::POST,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::HEAD,
+        Method::PATCH,
+        Method::TRACE,
+    ]
+    .contains(method)
 }
 
 /// `GET /v1/streams/{name}` → `get_v1_streams_name`.

@@ -209,3 +209,108 @@ async fn unknown_paths_get_a_json_error() {
         "no control endpoint GET /v1/nothing"
     );
 }
+
+fn events_router() -> (Router, Value) {
+    let router = Router::new()
+        .route(
+            "/streams/{name}",
+            axum::routing::get(
+                |axum::extract::Path(n): axum::extract::Path<String>| async move {
+                    format!("stream {n}")
+                },
+            ),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, "events: no such route") });
+    let doc = json!({
+        "paths": {"/v1/events/streams/{name}": {
+            "parameters": [{"name": "name", "in": "path", "required": true}],
+            "get": {"summary": "Read a stream", "responses": {"200": {"description": "events"}}}
+        }},
+        "components": {"schemas": {"EventPage": {"type": "object"}}}
+    });
+    (router, doc)
+}
+
+#[tokio::test]
+async fn whole_routers_nest_under_a_prefix_with_their_docs_and_auth() {
+    let ctx = context();
+    let metrics = ctx.metrics.clone();
+    let mut api = ControlApi::new(ctx, Some(Secret::new("t")));
+    let (router, doc) = events_router();
+    api.mount(ControlRoutes::new().nest("/v1/events", router, doc))
+        .unwrap();
+    let openapi = api.openapi();
+    let item = &openapi["paths"]["/v1/events/streams/{name}"];
+    assert_eq!(item["get"]["summary"], "Read a stream");
+    assert_eq!(item["get"]["operationId"], "get_v1_events_streams_name");
+    assert!(item["parameters"].is_array());
+    assert!(openapi["components"]["schemas"]["EventPage"].is_object());
+
+    let router = api.into_router();
+    let path = "/v1/events/streams/orders-1";
+    assert_eq!(
+        call(&router, "GET", path, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&router, "GET", path, Some("t")).await,
+        (StatusCode::OK, "stream orders-1".to_owned())
+    );
+    let (status, body) = call(&router, "GET", "/v1/events/nope", Some("t")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::NOT_FOUND, "events: no such route")
+    );
+    let text = metrics.encode().unwrap();
+    assert!(
+        text.contains(r#"route="/v1/events/streams/{name}",status="200"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn overlapping_prefixes_and_paths_are_rejected() {
+    let mut api = ControlApi::new(context(), None);
+    let (router, doc) = events_router();
+    api.mount(ControlRoutes::new().nest("/v1/events", router, doc))
+        .unwrap();
+    for prefix in ["/v1/events", "/v1", "/v1/events/more"] {
+        let (router, doc) = events_router();
+        let err = api
+            .mount(ControlRoutes::new().nest(prefix, router, doc))
+            .unwrap_err();
+        assert!(
+            matches!(err, ControlError::Overlap { .. }),
+            "{prefix}: {err}"
+        );
+    }
+    for prefix in ["/", "v1/x", "/v1/{id}", "/v1/x/"] {
+        let (router, doc) = events_router();
+        let err = api
+            .mount(ControlRoutes::new().nest(prefix, router, doc))
+            .unwrap_err();
+        assert!(
+            matches!(err, ControlError::InvalidPrefix(_)),
+            "{prefix}: {err}"
+        );
+    }
+    let clash = ControlRoutes::new().get("/v1/events/x", || async { "x" }, json!({}));
+    assert!(matches!(
+        api.mount(clash),
+        Err(ControlError::Overlap { .. })
+    ));
+    let (router, doc) = events_router();
+    let err = api
+        .mount(ControlRoutes::new().nest("/metrics", router, doc))
+        .unwrap_err();
+    assert!(matches!(err, ControlError::Overlap { .. }), "{err}");
+    // A sibling prefix is fine, and the API still builds.
+    let (router, doc) = events_router();
+    api.mount(ControlRoutes::new().nest("/v1/eventsx", router, doc))
+        .unwrap();
+    let router = api.into_router();
+    assert_eq!(
+        call(&router, "GET", "/v1/eventsx/streams/a", None).await.0,
+        StatusCode::OK
+    );
+}
