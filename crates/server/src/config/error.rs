@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::locate::{line_col, span_of};
+use super::locate::{exact_span_of, line_col, span_of};
 use super::validate::{KeyPath, Problem, Segment};
 
 /// A 1-based line and column in the config file.
@@ -98,10 +98,18 @@ impl ConfigError {
                 message.push_str(&format!(" (did you mean `{near}`?)"));
             }
         }
-        let location = inner
-            .span()
-            .map(|span| line_col(text, span.start))
-            .or_else(|| span_of(text, &key).map(|span| line_col(text, span.start)));
+        // The parser's span is exact for syntax errors and unknown keys, but
+        // a section's own deserializer that parses after reading a string
+        // gets the span of the enclosing table; the key path is more precise
+        // then, so prefer the value it names when it is in the file.
+        let span = if unknown_field(&message).is_some() {
+            inner.span()
+        } else {
+            exact_span_of(text, &key).or_else(|| inner.span())
+        };
+        let location = span
+            .or_else(|| span_of(text, &key))
+            .map(|span| line_col(text, span.start));
         ConfigError::Invalid {
             diagnostics: vec![Diagnostic {
                 file: file.to_path_buf(),

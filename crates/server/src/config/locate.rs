@@ -22,19 +22,32 @@ pub(crate) fn line_col(text: &str, offset: usize) -> Location {
 /// The span of the value at `path`, or of its nearest ancestor present in
 /// the file when the key itself is absent (e.g. a required key left out).
 pub(crate) fn span_of(text: &str, path: &KeyPath) -> Option<Range<usize>> {
+    walk(text, path).map(|(span, _)| span)
+}
+
+/// The span of the value at `path` only if the whole path is in the file.
+pub(crate) fn exact_span_of(text: &str, path: &KeyPath) -> Option<Range<usize>> {
+    walk(text, path).and_then(|(span, exact)| exact.then_some(span))
+}
+
+/// The deepest span found along `path`, and whether the path resolved fully.
+fn walk(text: &str, path: &KeyPath) -> Option<(Range<usize>, bool)> {
     let doc = ImDocument::parse(text).ok()?;
     let mut node = Node::Table(doc.as_table());
     let mut best = None;
+    let mut exact = true;
     for seg in &path.0 {
         let Some((next, span)) = node.child(seg) else {
+            exact = false;
             break;
         };
-        if span.is_some() {
-            best = span;
+        match span {
+            Some(span) => best = Some(span),
+            None => exact = false,
         }
         node = next;
     }
-    best
+    best.map(|span| (span, exact && !path.0.is_empty()))
 }
 
 #[derive(Clone, Copy)]

@@ -218,3 +218,49 @@ fn token_and_token_file_are_exclusive() {
         "{e}"
     );
 }
+
+/// A section type from another crate whose duration parser runs after
+/// deserializing a `String` (outside the visitor), as `humantime` users often
+/// write it: the error must still point at the value, not at the table.
+#[test]
+fn errors_from_post_parse_deserializers_point_at_the_value() {
+    fn late_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Upstream {
+        name: String,
+        #[serde(deserialize_with = "late_duration")]
+        timeout: Duration,
+    }
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Root {
+        upstreams: Vec<Upstream>,
+    }
+    let text = "[[upstreams]]\nname = \"a\"\ntimeout = \"1s\"\n\n[[upstreams]]\nname = \"b\"\ntimeout = \"soon\"\n";
+    let err = parse_section::<Root>(text, Path::new("t.toml")).unwrap_err();
+    let d = err.diagnostics()[0].to_string();
+    assert!(d.starts_with("t.toml:7:11: upstreams[1].timeout: "), "{d}");
+}
+
+#[test]
+fn string_paths_from_other_validators_are_located() {
+    struct Gateway;
+    impl Validate for Gateway {
+        fn validate(&self, v: &mut Validator) {
+            v.invalid_at("routes[1].upstream", "unknown upstream \"x\"");
+        }
+    }
+    let mut v = Validator::new();
+    Gateway.validate(&mut v);
+    let text = "[[routes]]\nupstream = \"a\"\n[[routes]]\nupstream = \"x\"\n";
+    let err = ConfigError::from_problems(text, Path::new("t.toml"), v.into_problems());
+    assert_eq!(
+        err.to_string(),
+        "t.toml:4:12: routes[1].upstream: unknown upstream \"x\""
+    );
+}

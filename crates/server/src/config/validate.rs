@@ -136,6 +136,18 @@ impl Validator {
         });
     }
 
+    /// Records a problem at a dotted path relative to the current table,
+    /// e.g. `routes[2].upstream`: the bridge for sections whose own
+    /// validation reports string paths.
+    pub fn invalid_at(&mut self, relative: &str, message: impl Into<String>) {
+        let mut path = self.path.clone();
+        path.0.extend(KeyPath::parse_dotted(relative).0);
+        self.problems.push(Problem {
+            path,
+            message: message.into(),
+        });
+    }
+
     /// Records a problem with the current table or element itself.
     pub fn invalid_here(&mut self, message: impl Into<String>) {
         self.problems.push(Problem {
