@@ -3,7 +3,7 @@
 //! [`Node::run_until_stopped`] serves until shutdown and drains every
 //! component's task within the grace deadline.
 //!
-//! Components join in [`start_components`]: each gets a [`Wiring`] through
+//! Components join in `start_components` (this module): each gets a [`Wiring`] through
 //! which it reads its config section, registers metrics and readiness, mounts
 //! control routes and spawns its long-running tasks.
 
