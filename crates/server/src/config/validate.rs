@@ -91,6 +91,29 @@ pub struct Problem {
 
 /// Implemented by every config section; reports problems that types alone
 /// cannot express (cross-field rules, references between sections).
+///
+/// ```
+/// use trellis::config::{Validate, Validator};
+///
+/// struct Route { upstream: String }
+/// struct Gateway { routes: Vec<Route>, upstreams: Vec<String> }
+///
+/// impl Validate for Gateway {
+///     fn validate(&self, v: &mut Validator) {
+///         for (i, r) in self.routes.iter().enumerate() {
+///             if !self.upstreams.contains(&r.upstream) {
+///                 v.invalid_at(&format!("routes[{i}].upstream"), format!("unknown upstream {:?}", r.upstream));
+///             }
+///         }
+///     }
+/// }
+///
+/// let mut v = Validator::new();
+/// let gw = Gateway { routes: vec![Route { upstream: "x".into() }], upstreams: vec![] };
+/// v.section("gateway", &gw);
+/// let problems = v.into_problems();
+/// assert_eq!(problems[0].path.to_string(), "gateway.routes[0].upstream");
+/// ```
 pub trait Validate {
     /// Records each problem with `v.invalid(key, message)`; nested sections
     /// are checked with `v.section` / `v.each` so paths stay correct.

@@ -3,6 +3,29 @@
 //! `/openapi.json`, and guarded by a bearer token when one is configured
 //! (probes `/healthz` and `/readyz` stay open so orchestrators need no
 //! secret).
+//!
+//! A component contributes endpoints one by one, or a whole router under a
+//! prefix, always with their OpenAPI description:
+//!
+//! ```
+//! use axum::extract::Path;
+//! use serde_json::json;
+//! use trellis::control::{ApiError, ControlRoutes};
+//!
+//! let routes = ControlRoutes::new().get(
+//!     "/v1/services/{name}",
+//!     |Path(name): Path<String>| async move {
+//!         if name == "users" {
+//!             Ok(axum::Json(json!({"name": name, "instances": 3})))
+//!         } else {
+//!             Err(ApiError::not_found(format!("no service {name:?}")))
+//!         }
+//!     },
+//!     json!({"summary": "One service and its instances", "tags": ["registry"]}),
+//! );
+//! // In `up`: `wiring.control.mount(routes)?;`
+//! # drop(routes);
+//! ```
 
 mod admin;
 mod auth;
