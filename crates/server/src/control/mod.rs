@@ -259,16 +259,18 @@ fn openapi_operation() -> Value {
     })
 }
 
-/// Serves `router` on `listener` until shutdown is triggered, then stops
+/// Serves `router` on `listener` until `stop` completes, then stops
 /// accepting and returns once in-flight requests have finished (bound the
-/// wait with [`Shutdown::drain`]).
+/// wait with [`Shutdown::drain`]). `up` stops the control API last, after
+/// the other components have drained, so probes see `/readyz` report
+/// `draining` and metrics stay scrapeable while they do.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    shutdown: Shutdown,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.triggered().await })
+        .with_graceful_shutdown(stop)
         .await
 }
 

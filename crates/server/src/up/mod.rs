@@ -161,9 +161,9 @@ impl Node {
             })?;
         let control_addr = listener.local_addr()?;
         let router = api.into_router();
-        let server_shutdown = shutdown.clone();
-        tasks.spawn("control API", async move {
-            control::serve(listener, router, server_shutdown)
+        let stop = tasks.others_done(&shutdown);
+        tasks.spawn_last("control API", async move {
+            control::serve(listener, router, stop)
                 .await
                 .context("control API server failed")
         });

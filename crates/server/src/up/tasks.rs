@@ -3,7 +3,9 @@
 //! them, bounded by the grace deadline.
 
 use std::future::Future;
+use std::sync::Arc;
 
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::Outcome;
@@ -33,7 +35,9 @@ pub struct Wiring<'a> {
 
 impl Wiring<'_> {
     /// Runs a component's long-running task (a server, a relay…) until it
-    /// returns; it must return soon after `shutdown` triggers.
+    /// returns; it must return soon after `shutdown` triggers. The control
+    /// API keeps serving (with `/readyz` reporting `draining`) until every
+    /// such task has finished or the grace period ends.
     pub fn spawn(
         &mut self,
         name: &str,
@@ -43,19 +47,69 @@ impl Wiring<'_> {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Tasks {
     set: JoinSet<(String, anyhow::Result<()>)>,
+    /// Component tasks still running; the control API waits for zero.
+    running: Arc<watch::Sender<usize>>,
+}
+
+impl Default for Tasks {
+    fn default() -> Self {
+        Tasks {
+            set: JoinSet::new(),
+            running: Arc::new(watch::Sender::new(0)),
+        }
+    }
+}
+
+/// Counts a component task as finished however it ends (returns, panics or
+/// is aborted), so the control API is never left waiting for it.
+struct Running(Arc<watch::Sender<usize>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Tasks {
+    /// A component task: it is expected to run until shutdown.
     pub fn spawn(
+        &mut self,
+        name: &str,
+        task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        self.running.send_modify(|n| *n += 1);
+        let running = Running(self.running.clone());
+        let name = name.to_owned();
+        self.set.spawn(async move {
+            let _running = running;
+            (name, task.await)
+        });
+    }
+
+    /// A task that should stop only after the components: it is not counted
+    /// by [`Tasks::others_done`], and it should stop on that signal.
+    pub fn spawn_last(
         &mut self,
         name: &str,
         task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
     ) {
         let name = name.to_owned();
         self.set.spawn(async move { (name, task.await) });
+    }
+
+    /// Completes once shutdown has begun and every component task (those
+    /// from [`Tasks::spawn`]) has finished.
+    pub fn others_done(&self, shutdown: &Shutdown) -> impl Future<Output = ()> + Send + 'static {
+        let shutdown = shutdown.clone();
+        let mut running = self.running.subscribe();
+        async move {
+            shutdown.triggered().await;
+            // The sender lives in `Tasks`; if it is gone, nothing is left to wait for.
+            let _ = running.wait_for(|n| *n == 0).await;
+        }
     }
 
     pub fn abort_all(&mut self) {
@@ -152,6 +206,46 @@ mod tests {
         tasks.spawn("listener", async { Ok(()) });
         let err = tasks.drain(&shutdown).await.unwrap_err();
         assert_eq!(err.to_string(), "listener stopped unexpectedly");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_task_stops_after_the_components_have_drained() {
+        let shutdown = Shutdown::new(Duration::from_secs(10));
+        let mut tasks = Tasks::default();
+        let s = shutdown.clone();
+        tasks.spawn("gateway", async move {
+            s.triggered().await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok(())
+        });
+        let stop = tasks.others_done(&shutdown);
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
+        let started = tokio::time::Instant::now();
+        tasks.spawn_last("control", async move {
+            stop.await;
+            let _ = stopped_tx.send(started.elapsed());
+            Ok(())
+        });
+        shutdown.trigger();
+        assert_eq!(tasks.drain(&shutdown).await.unwrap(), Outcome::Drained);
+        assert_eq!(stopped_rx.await.unwrap(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_aborted_component_does_not_hold_the_last_task() {
+        let shutdown = Shutdown::new(Duration::from_secs(1));
+        let mut tasks = Tasks::default();
+        tasks.spawn("stuck", std::future::pending());
+        let stop = tasks.others_done(&shutdown);
+        shutdown.trigger();
+        assert_eq!(
+            tasks.drain(&shutdown).await.unwrap(),
+            Outcome::DeadlineExceeded
+        );
+        // `drain` aborted the stuck task; the count drops once it is dropped.
+        tokio::time::timeout(Duration::from_secs(1), stop)
+            .await
+            .unwrap();
     }
 
     #[tokio::test(start_paused = true)]
