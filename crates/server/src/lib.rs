@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod components;
 pub mod config;
 pub mod control;
 pub mod shutdown;

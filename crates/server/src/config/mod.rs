@@ -16,6 +16,7 @@ pub mod de;
 mod error;
 mod live;
 mod locate;
+mod store;
 mod validate;
 
 use std::path::Path;
@@ -25,6 +26,7 @@ use serde::Deserialize;
 pub use self::core::{ControlConfig, DataConfig, LogConfig, LogFormat, Secret};
 pub use error::{ConfigError, Diagnostic, Location};
 pub use live::LiveConfig;
+pub use store::{StoreBackend, StoreSection};
 pub use validate::{KeyPath, Problem, Segment, Validate, Validator};
 
 /// The whole `trellis.toml`.
@@ -37,6 +39,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[data]`: where embedded state lives.
     pub data: DataConfig,
+    /// `[store]`: the database behind events, the registry and projections.
+    pub store: StoreSection,
 }
 
 impl Validate for Config {
@@ -44,6 +48,7 @@ impl Validate for Config {
         v.section("control", &self.control);
         v.section("log", &self.log);
         v.section("data", &self.data);
+        v.section("store", &self.store);
     }
 }
 

@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 
+use crate::components;
 use crate::config::{Config, LiveConfig};
 use crate::control::{self, ControlApi, ControlContext, Readiness};
 use crate::shutdown::{Reload, Shutdown};
@@ -74,8 +75,8 @@ impl NodeOptions {
 /// servers with [`Wiring::spawn`] (which stop on `w.shutdown`), and reports
 /// ready. Returning an error aborts the start with that message.
 async fn start_components(w: &mut Wiring<'_>) -> anyhow::Result<()> {
-    // Components (gateway, registry, events, …) are wired here, one line each.
-    let _ = w;
+    let store = components::store::open(w.config).await?;
+    components::events::start(w, &store).await?;
     Ok(())
 }
 
