@@ -12,7 +12,7 @@ use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use std::convert::Infallible;
 use std::future::{ready, Future};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Barrier;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -176,32 +176,53 @@ fn one_thread(c: &mut Crit) {
     g.finish();
 }
 
+/// Calls the second thread made while the first was being timed, and the
+/// first thread's calls: their ratio says how much the two really overlapped
+/// (on an oversubscribed machine they may seldom run at once).
+static OTHER_CALLS: AtomicU64 = AtomicU64::new(0);
+static TIMED_CALLS: AtomicU64 = AtomicU64::new(0);
+
 /// Times `iters` calls on this thread while another thread makes the same
 /// calls on the same breaker.
 fn contended<T: Clone + Send>(shared: &T, iters: u64, call: impl Fn(&mut T) + Sync) -> u64 {
     let stop = AtomicBool::new(false);
+    let batches = AtomicU64::new(0);
     let started = Barrier::new(2);
     std::thread::scope(|s| {
         let mut other = shared.clone();
-        let (stop, started, call) = (&stop, &started, &call);
+        let (stop, batches, started, call) = (&stop, &batches, &started, &call);
         s.spawn(move || {
             started.wait();
             while !stop.load(Ordering::Relaxed) {
                 for _ in 0..64 {
                     call(&mut other);
                 }
+                batches.fetch_add(1, Ordering::Relaxed);
             }
         });
         let mut mine = shared.clone();
         started.wait();
+        let before = batches.load(Ordering::Relaxed);
         let t = thread_cpu_ns();
         for _ in 0..iters {
             call(&mut mine);
         }
         let elapsed = thread_cpu_ns() - t;
+        let other = (batches.load(Ordering::Relaxed) - before) * 64;
         stop.store(true, Ordering::Relaxed);
+        OTHER_CALLS.fetch_add(other, Ordering::Relaxed);
+        TIMED_CALLS.fetch_add(iters, Ordering::Relaxed);
         elapsed
     })
+}
+
+fn report_overlap(name: &str) {
+    let other = OTHER_CALLS.swap(0, Ordering::Relaxed) as f64;
+    let timed = TIMED_CALLS.swap(0, Ordering::Relaxed).max(1) as f64;
+    eprintln!(
+        "overlap {name}: the second thread made {:.2} calls per timed call",
+        other / timed
+    );
 }
 
 fn two_threads(c: &mut Crit) {
@@ -210,14 +231,17 @@ fn two_threads(c: &mut Crit) {
     g.bench_function("trellis", |bench| {
         bench.iter_custom(|iters| contended(&b, iters, |b| trellis_call(b)))
     });
+    report_overlap("trellis");
     let f = failsafe_default();
     g.bench_function("failsafe_default", |bench| {
         bench.iter_custom(|iters| contended(&f, iters, |f| failsafe_call(f)))
     });
+    report_overlap("failsafe_default");
     let f = failsafe_consecutive();
     g.bench_function("failsafe_consecutive_failures", |bench| {
         bench.iter_custom(|iters| contended(&f, iters, |f| failsafe_call(f)))
     });
+    report_overlap("failsafe_consecutive_failures");
     let svc = bare();
     g.bench_function("tower_bare", |bench| {
         bench.iter_custom(|iters| {
@@ -226,6 +250,7 @@ fn two_threads(c: &mut Crit) {
             })
         })
     });
+    report_overlap("tower_bare");
     let svc = CircuitBreakerService::new(bare(), trellis());
     g.bench_function("tower_trellis", |bench| {
         bench.iter_custom(|iters| {
@@ -234,6 +259,7 @@ fn two_threads(c: &mut Crit) {
             })
         })
     });
+    report_overlap("tower_trellis");
     g.finish();
 }
 
