@@ -34,8 +34,10 @@ const DISABLED: u64 = CircuitState::Disabled.tag();
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ticket {
     word: u64,
-    /// When the call started; only taken when slow calls are detected.
-    start: Option<Instant>,
+    /// When the call started, in nanoseconds since the epoch plus one
+    /// (zero: not measured); only taken when slow calls are detected. Two
+    /// plain words keep the permit cheap to move.
+    start: u64,
 }
 
 impl Ticket {
@@ -62,11 +64,20 @@ struct Core {
     open_until: u64,
 }
 
+/// The words every call reads, on a cache line of their own: the mutex
+/// beside them is written by every call, and sharing its line would make
+/// each admission on another core miss the cache.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Published {
+    word: AtomicU64,
+    /// Copy of `Core::open_until`, so rejecting needs no lock.
+    open_until: AtomicU64,
+}
+
 #[derive(Debug)]
 pub(crate) struct Shared {
-    word: AtomicU64,
-    /// Published copy of `Core::open_until`, so rejecting needs no lock.
-    open_until: AtomicU64,
+    published: Published,
     core: Mutex<Core>,
     settings: Settings,
     timed: bool,
@@ -86,8 +97,10 @@ impl Shared {
     pub fn new(name: Arc<str>, settings: Settings) -> Self {
         let window = Window::new(settings.window);
         Shared {
-            word: AtomicU64::new(CLOSED),
-            open_until: AtomicU64::new(0),
+            published: Published {
+                word: AtomicU64::new(CLOSED),
+                open_until: AtomicU64::new(0),
+            },
             core: Mutex::new(Core {
                 word: CLOSED,
                 window,
@@ -121,20 +134,23 @@ impl Shared {
         self.nanos(Instant::now())
     }
 
-    fn start(&self) -> Option<Instant> {
-        self.settings.slow.map(|_| Instant::now())
+    fn start(&self) -> u64 {
+        match self.settings.slow {
+            Some(_) => self.now_nanos().saturating_add(1),
+            None => 0,
+        }
     }
 
     /// Admits a call, or says how long the breaker stays open.
     #[inline]
     pub fn acquire(&self) -> Result<Ticket, BreakerOpen> {
-        let word = self.word.load(Ordering::Acquire);
+        let word = self.published.word.load(Ordering::Acquire);
         match word & TAG_MASK {
             CLOSED => Ok(Ticket {
                 word,
                 start: self.start(),
             }),
-            DISABLED => Ok(Ticket { word, start: None }),
+            DISABLED => Ok(Ticket { word, start: 0 }),
             _ => self.acquire_slow(word),
         }
     }
@@ -144,7 +160,7 @@ impl Shared {
         let now = self.now_nanos();
         if word & TAG_MASK == OPEN {
             // The common rejection, decided without the lock.
-            let until = self.open_until.load(Ordering::Acquire);
+            let until = self.published.open_until.load(Ordering::Acquire);
             if now < until {
                 return Err(self.reject(CircuitState::Open, Duration::from_nanos(until - now)));
             }
@@ -160,7 +176,7 @@ impl Shared {
                 }),
                 CircuitState::Disabled => Ok(Ticket {
                     word: core.word,
-                    start: None,
+                    start: 0,
                 }),
                 CircuitState::HalfOpen => {
                     let p = core.probes;
@@ -202,17 +218,25 @@ impl Shared {
         if tag == DISABLED {
             return;
         }
-        let (duration, slow) = match self.settings.slow {
-            None => (duration, false),
-            Some((threshold, _)) => {
-                let duration = duration.or_else(|| ticket.start.map(|s| s.elapsed()));
-                (duration, duration.is_some_and(|d| d > threshold))
-            }
-        };
-        let now = if self.timed && tag == CLOSED {
+        // One clock read serves both the call's duration and the time window.
+        let measure = ticket.start > 0 && duration.is_none();
+        let now = if measure || (self.timed && tag == CLOSED) {
             self.now_nanos()
         } else {
             0
+        };
+        let (duration, slow) = match self.settings.slow {
+            None => (duration, false),
+            Some((threshold, _)) => {
+                let duration = match duration {
+                    Some(d) => Some(d),
+                    None if measure => {
+                        Some(Duration::from_nanos(now.saturating_sub(ticket.start - 1)))
+                    }
+                    None => None,
+                };
+                (duration, duration.is_some_and(|d| d > threshold))
+            }
         };
         let mut pending = Pending::default();
         {
@@ -302,18 +326,28 @@ impl Shared {
                 let open_for = self.settings.open_duration(core.trips);
                 let nanos = u64::try_from(open_for.as_nanos()).unwrap_or(u64::MAX);
                 core.open_until = self.now_nanos().saturating_add(nanos);
-                self.open_until.store(core.open_until, Ordering::Release);
+                self.published
+                    .open_until
+                    .store(core.open_until, Ordering::Release);
             }
             CircuitState::Closed => core.trips = 0,
             _ => {}
         }
-        self.word.store(core.word, Ordering::Release);
+        self.published.word.store(core.word, Ordering::Release);
         if from != to {
             pending.0.push(BreakerEvent::StateChanged { from, to });
         }
     }
 
+    #[inline]
     fn publish(&self, pending: Pending) {
+        if !pending.0.is_empty() {
+            self.publish_slow(pending);
+        }
+    }
+
+    #[cold]
+    fn publish_slow(&self, pending: Pending) {
         let watched = self.watched.load(Ordering::Relaxed);
         for event in pending.0 {
             if let BreakerEvent::StateChanged { from, to } = event {
@@ -341,8 +375,10 @@ impl Shared {
 
     /// The state a call arriving now would meet.
     pub fn state(&self) -> CircuitState {
-        let word = self.word.load(Ordering::Acquire);
-        if word & TAG_MASK == OPEN && self.now_nanos() >= self.open_until.load(Ordering::Acquire) {
+        let word = self.published.word.load(Ordering::Acquire);
+        if word & TAG_MASK == OPEN
+            && self.now_nanos() >= self.published.open_until.load(Ordering::Acquire)
+        {
             return self.snapshot().state;
         }
         CircuitState::from_tag(word & TAG_MASK)

@@ -72,6 +72,7 @@ impl Window {
 
     /// Adds one call; `now_nanos` is the time since the breaker's epoch and
     /// only matters to a time window.
+    #[inline]
     pub fn record(&mut self, now_nanos: u64, failure: bool, slow: bool) {
         match self {
             Window::Count { ring, next, totals } => {
