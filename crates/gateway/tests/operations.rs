@@ -18,7 +18,7 @@ fn two_upstreams(route_to: &str, a: &Echo, b: &Echo) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_under_load_fails_no_request() {
     let (a, b) = (echo("a").await, echo("b").await);
-    let (gw, base) = start(&two_upstreams("a", &a, &b));
+    let (gw, base) = start(&two_upstreams("a", &a, &b)).await;
     let gw = Arc::new(gw);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
@@ -43,7 +43,7 @@ async fn hot_reload_under_load_fails_no_request() {
     for i in 0..20 {
         tokio::time::sleep(Duration::from_millis(40)).await;
         let to = if i % 2 == 0 { "b" } else { "a" };
-        gw.reload(parse(&two_upstreams(to, &a, &b))).unwrap();
+        gw.reload(parse(&two_upstreams(to, &a, &b))).await.unwrap();
     }
     stop.store(true, Ordering::Relaxed);
     let mut failures = Vec::new();
@@ -70,9 +70,10 @@ async fn hot_reload_under_load_fails_no_request() {
 #[tokio::test]
 async fn invalid_reloads_are_refused_and_the_old_config_keeps_serving() {
     let (a, b) = (echo("a").await, echo("b").await);
-    let (gw, base) = start(&two_upstreams("a", &a, &b));
+    let (gw, base) = start(&two_upstreams("a", &a, &b)).await;
     let err = gw
         .reload(parse(&two_upstreams("missing", &a, &b)))
+        .await
         .unwrap_err()
         .to_string();
     assert!(
@@ -80,7 +81,7 @@ async fn invalid_reloads_are_refused_and_the_old_config_keeps_serving() {
         "{err}"
     );
     let moved = two_upstreams("b", &a, &b).replace("127.0.0.1:0", "127.0.0.1:1");
-    let err = gw.reload(parse(&moved)).unwrap_err().to_string();
+    let err = gw.reload(parse(&moved)).await.unwrap_err().to_string();
     assert!(err.contains("listeners cannot be"), "{err}");
     let resp = client().get(format!("{base}/")).send().await.unwrap();
     assert_eq!(resp.headers()["x-upstream"], "a");
@@ -90,13 +91,13 @@ async fn invalid_reloads_are_refused_and_the_old_config_keeps_serving() {
 #[tokio::test]
 async fn unchanged_upstreams_survive_a_reload_with_their_endpoints() {
     let (a, b) = (echo("a").await, echo("b").await);
-    let (gw, base) = start(&two_upstreams("a", &a, &b));
+    let (gw, base) = start(&two_upstreams("a", &a, &b)).await;
     // The registry moved upstream "a" to b's address.
     gw.upstream("a")
         .unwrap()
         .set_endpoints([(b.addr.to_string(), 1)]);
     let cfg = two_upstreams("a", &a, &b).replace("name = \"r\"", "name = \"renamed\"");
-    gw.reload(parse(&cfg)).unwrap();
+    gw.reload(parse(&cfg)).await.unwrap();
     let resp = client().get(format!("{base}/")).send().await.unwrap();
     assert_eq!(
         resp.headers()["x-upstream"],
@@ -114,7 +115,7 @@ async fn shutdown_drains_in_flight_requests_then_stops_listening() {
     }))
     .await;
     let cfg = format!("{LISTENER}\n[[routes]]\nname = \"r\"\nupstream = \"s\"\n[[upstreams]]\nname = \"s\"\nendpoints = [\"{slow}\"]\n");
-    let (gw, base) = start(&cfg);
+    let (gw, base) = start(&cfg).await;
     let addr = gw.local_addr("main").unwrap();
     let in_flight = tokio::spawn({
         let base = base.clone();
@@ -146,7 +147,7 @@ async fn metrics_count_requests_per_route_and_status() {
         a.addr
     );
     let mut registry = prometheus_client::registry::Registry::default();
-    let gw = Gateway::start(parse(&cfg), &mut registry).unwrap();
+    let gw = Gateway::start(parse(&cfg), &mut registry).await.unwrap();
     let base = format!("http://{}", gw.local_addr("main").unwrap());
     for _ in 0..3 {
         client()
@@ -202,7 +203,7 @@ async fn every_request_gets_a_json_access_log_line() {
     let _guard = tracing::subscriber::set_default(subscriber);
     let a = echo("a").await;
     let cfg = format!("{LISTENER}\n[[routes]]\nname = \"r\"\nupstream = \"a\"\n[[upstreams]]\nname = \"a\"\nendpoints = [\"{}\"]\n", a.addr);
-    let (gw, base) = start(&cfg);
+    let (gw, base) = start(&cfg).await;
     client()
         .get(format!("{base}/logged?secret=1"))
         .header("x-request-id", "log-1")

@@ -19,6 +19,7 @@ use crate::route::CompiledRoute;
 use crate::runtime::ListenerRuntime;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,7 +68,11 @@ pub(crate) async fn handle(
                 }
                 Err(e) => {
                     route.metrics.error(e.code());
-                    e.response(grpc, Some(&request_id))
+                    let mut resp = e.response(grpc, Some(&request_id));
+                    if let GatewayError::RateLimited { decision } = e {
+                        decision.write_headers(&route.name, resp.headers_mut());
+                    }
+                    resp
                 }
             };
             (resp, Some(route))
@@ -131,6 +136,32 @@ impl RouteService {
             headers::wants_upgrade(req.headers()) && req.version() == http::Version::HTTP_11;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, incoming) = req.into_parts();
+        let policies = &route.policies;
+        if let Some(auth) = &policies.auth {
+            if let Err(e) = auth.authenticate(&mut parts).await {
+                let (head, body) = auth.reject(&e).into_parts();
+                let bytes = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                return Ok(Response::from_parts(head, Body::full(bytes)));
+            }
+        }
+        if let Some(limiter) = &policies.limiter {
+            let decision = limiter.check(&parts, conn.peer.ip()).await;
+            if !decision.allowed {
+                return Err(GatewayError::RateLimited { decision });
+            }
+        }
+        let permit = match &policies.bulkhead {
+            Some(b) => Some(
+                b.acquire()
+                    .await
+                    .map_err(|_| GatewayError::UpstreamOverloaded)?,
+            ),
+            None => None,
+        };
 
         let original_host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
@@ -194,7 +225,12 @@ impl RouteService {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upstream_upgraded);
         route.response_headers.apply(&mut parts.headers);
-        Ok(Response::from_parts(parts, Body::stream(body)))
+        let body = match permit {
+            // The bulkhead bounds streams too, so its permit lives as long as the body.
+            Some(p) => Body::stream(body).holding(p),
+            None => Body::stream(body),
+        };
+        Ok(Response::from_parts(parts, body))
     }
 }
 
