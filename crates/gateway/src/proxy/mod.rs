@@ -48,7 +48,9 @@ pub(crate) async fn handle(
     let grpc = is_grpc(&req);
     let request_id = headers::request_id(req.headers_mut());
     let method = req.method().clone();
-    let path_for_log = req.uri().path().to_owned();
+    // The path is copied only when someone listens to the access log.
+    let path_for_log = tracing::enabled!(target: "trellis::access", tracing::Level::INFO)
+        .then(|| req.uri().path().to_owned());
 
     let outcome = admit(listener, &req).and_then(|()| {
         listener
@@ -82,6 +84,9 @@ pub(crate) async fn handle(
     if let Some(r) = &route {
         r.metrics.observe(response.status(), elapsed.as_secs_f64());
     }
+    let Some(path_for_log) = path_for_log else {
+        return response;
+    };
     tracing::info!(
         target: "trellis::access",
         listener = &*listener.name,
