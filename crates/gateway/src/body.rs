@@ -20,9 +20,16 @@ pub enum BodyError {
 }
 
 /// A request or response body passing through the gateway.
-#[derive(Debug)]
 pub struct Body {
     kind: Kind,
+    /// Something to keep alive as long as the body streams (a bulkhead permit).
+    hold: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body").field("kind", &self.kind).finish()
+    }
 }
 
 #[derive(Debug)]
@@ -37,36 +44,41 @@ enum Kind {
 }
 
 impl Body {
+    fn of(kind: Kind) -> Self {
+        Body { kind, hold: None }
+    }
+
     pub fn empty() -> Self {
-        Body { kind: Kind::Empty }
+        Body::of(Kind::Empty)
     }
 
     pub fn full(bytes: impl Into<Bytes>) -> Self {
-        Body {
-            kind: Kind::Full(Some(bytes.into())),
-        }
+        Body::of(Kind::Full(Some(bytes.into())))
     }
 
     /// Streams `inner` unchanged.
     pub fn stream(inner: Incoming) -> Self {
-        Body {
-            kind: Kind::Stream {
-                inner,
-                remaining: None,
-                limit: 0,
-            },
-        }
+        Body::of(Kind::Stream {
+            inner,
+            remaining: None,
+            limit: 0,
+        })
     }
 
     /// Streams `inner`, failing with [`BodyError::TooLarge`] past `limit` bytes.
     pub fn limited(inner: Incoming, limit: u64) -> Self {
-        Body {
-            kind: Kind::Stream {
-                inner,
-                remaining: Some(limit),
-                limit,
-            },
-        }
+        Body::of(Kind::Stream {
+            inner,
+            remaining: Some(limit),
+            limit,
+        })
+    }
+
+    /// Keeps `guard` alive until this body is dropped, i.e. until the stream
+    /// has been passed on in full or abandoned.
+    pub(crate) fn holding(mut self, guard: impl std::any::Any + Send + Sync) -> Self {
+        self.hold = Some(Box::new(guard));
+        self
     }
 }
 

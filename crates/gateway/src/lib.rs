@@ -23,6 +23,7 @@ pub mod body;
 pub mod config;
 mod listener;
 pub mod metrics;
+mod policy;
 pub mod proxy;
 mod route;
 mod runtime;
@@ -70,13 +71,13 @@ pub struct Gateway;
 impl Gateway {
     /// Validates `config`, binds every listener and starts serving, with the
     /// metrics registered in `registry`. Must be called inside a tokio runtime.
-    pub fn start(
+    pub async fn start(
         config: GatewayConfig,
         registry: &mut prometheus_client::registry::Registry,
     ) -> Result<GatewayHandle, StartError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
         let metrics = Metrics::register(registry);
-        let runtime = Runtime::build(config, &metrics, None)?;
+        let runtime = Runtime::build(config, &metrics, None).await?;
         let mut sockets = Vec::new();
         for l in &runtime.config.listeners {
             let bind_err = |source| StartError::Bind {
@@ -111,7 +112,6 @@ impl Gateway {
         Ok(GatewayHandle {
             shared,
             metrics,
-            handle,
             stop,
             tasks: parking_lot::Mutex::new(tasks),
             addrs,
@@ -123,7 +123,6 @@ impl Gateway {
 pub struct GatewayHandle {
     shared: Arc<ArcSwap<Runtime>>,
     metrics: Metrics,
-    handle: tokio::runtime::Handle,
     stop: watch::Sender<Option<Duration>>,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
     addrs: Vec<(String, SocketAddr)>,
@@ -148,7 +147,7 @@ impl GatewayHandle {
     /// Swaps in `config` atomically. It is validated and compiled first; on
     /// any error the running config keeps serving and the error says why.
     /// Requests already in flight finish on the config they started with.
-    pub fn reload(&self, config: GatewayConfig) -> Result<(), StartError> {
+    pub async fn reload(&self, config: GatewayConfig) -> Result<(), StartError> {
         let current = self.shared.load_full();
         let old: Vec<_> = current
             .config
@@ -162,8 +161,7 @@ impl GatewayHandle {
                 "running {old:?}, new {new:?}"
             )));
         }
-        let _guard = self.handle.enter();
-        let runtime = Runtime::build(config, &self.metrics, Some(&current))?;
+        let runtime = Runtime::build(config, &self.metrics, Some(&current)).await?;
         self.shared.store(Arc::new(runtime));
         tracing::info!("gateway config reloaded");
         Ok(())

@@ -55,6 +55,7 @@ pub struct Metrics {
     ejections: Family<UpstreamLabels, Counter>,
     ejected: Family<UpstreamLabels, Gauge>,
     connections: Family<ListenerLabels, Gauge>,
+    breaker: Family<RouteLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -73,6 +74,7 @@ impl Default for Metrics {
             ejections: Family::default(),
             ejected: Family::default(),
             connections: Family::default(),
+            breaker: Family::default(),
         }
     }
 }
@@ -115,6 +117,11 @@ impl Metrics {
             "Client connections open per listener",
             m.connections.clone(),
         );
+        r.register(
+            "breaker_state",
+            "Circuit breaker state per route: 0 closed, 1 half-open, 2 open, 3 forced open, 4 disabled",
+            m.breaker.clone(),
+        );
         m
     }
 
@@ -135,6 +142,7 @@ impl Metrics {
             }),
             latency: self.latency.get_or_create(&labels).clone(),
             retries: self.retries.get_or_create(&labels).clone(),
+            breaker: self.breaker.get_or_create(&labels).clone(),
             errors: self.errors.clone(),
             route: route.to_owned(),
         }
@@ -165,6 +173,7 @@ pub(crate) struct RouteMetrics {
     by_class: [Counter; 5],
     latency: Histogram,
     pub(crate) retries: Counter,
+    breaker: Gauge,
     errors: Family<ErrorLabels, Counter>,
     route: String,
 }
@@ -174,6 +183,17 @@ impl RouteMetrics {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.by_class[class].inc();
         self.latency.observe(seconds);
+    }
+
+    pub(crate) fn breaker_state(&self, state: trellis_resilience::breaker::CircuitState) {
+        use trellis_resilience::breaker::CircuitState;
+        self.breaker.set(match state {
+            CircuitState::Closed => 0,
+            CircuitState::HalfOpen => 1,
+            CircuitState::Open => 2,
+            CircuitState::ForcedOpen => 3,
+            CircuitState::Disabled => 4,
+        });
     }
 
     pub(crate) fn error(&self, code: &'static str) {

@@ -132,6 +132,7 @@ pub(crate) struct CompiledRoute {
     pub(crate) retry: Option<crate::proxy::RetryState>,
     pub(crate) websocket_idle_timeout: Duration,
     pub(crate) metrics: RouteMetrics,
+    pub(crate) policies: crate::policy::RoutePolicies,
 }
 
 impl CompiledRoute {
@@ -190,6 +191,7 @@ impl CompiledRoute {
             retry: r.retry.as_ref().map(crate::proxy::RetryState::new),
             websocket_idle_timeout: r.websocket_idle_timeout,
             metrics,
+            policies: crate::policy::RoutePolicies::default(),
         })
     }
 

@@ -5,6 +5,7 @@
 
 use crate::config::{GatewayConfig, Limits, Protocol};
 use crate::metrics::Metrics;
+use crate::policy::{self, RoutePolicies};
 use crate::route::{CompiledRoute, RouteTable};
 use crate::upstream::Upstream;
 use crate::StartError;
@@ -39,7 +40,7 @@ impl Runtime {
     ///
     /// Upstreams whose config is unchanged from `previous` are carried over
     /// with their pools, endpoint sets and ejection state.
-    pub(crate) fn build(
+    pub(crate) async fn build(
         config: GatewayConfig,
         metrics: &Metrics,
         previous: Option<&Runtime>,
@@ -68,8 +69,11 @@ impl Runtime {
             let up = upstreams.get(&r.upstream).cloned().ok_or_else(|| {
                 StartError::Internal(format!("route {}: upstream {} missing", r.name, r.upstream))
             })?;
-            let compiled = CompiledRoute::compile(r, up, metrics.route(&r.name, &r.upstream))
+            let mut compiled = CompiledRoute::compile(r, up, metrics.route(&r.name, &r.upstream))
                 .map_err(StartError::Internal)?;
+            compiled.policies = build_policies(r)
+                .await
+                .map_err(|e| StartError::Internal(format!("route {}: {e}", r.name)))?;
             by_set
                 .entry(r.route_set.as_str())
                 .or_default()
@@ -102,6 +106,24 @@ impl Runtime {
             upstreams,
         })
     }
+}
+
+/// A route's policies; its config was validated, so only I/O (a JWKS URL)
+/// can still fail here.
+async fn build_policies(r: &crate::config::Route) -> Result<RoutePolicies, String> {
+    Ok(RoutePolicies {
+        auth: match &r.auth {
+            Some(a) => Some(policy::authenticator(a).await?),
+            None => None,
+        },
+        limiter: r.rate_limit.as_ref().map(policy::limiter).transpose()?,
+        bulkhead: r.bulkhead.as_ref().map(policy::bulkhead).transpose()?,
+        breaker: r
+            .breaker
+            .as_ref()
+            .map(|b| policy::breaker(b, &r.name))
+            .transpose()?,
+    })
 }
 
 fn connection_builder(limits: &Limits, protocols: &[Protocol]) -> auto::Builder<TokioExecutor> {

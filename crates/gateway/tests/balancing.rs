@@ -42,7 +42,8 @@ async fn round_robin_spreads_evenly() {
         "round_robin",
         &[quoted(&a), quoted(&b), quoted(&c)],
         "",
-    ));
+    ))
+    .await;
     let seen = tally(&base, 30, None).await;
     assert_eq!(
         seen,
@@ -58,7 +59,7 @@ async fn weighted_follows_the_weights() {
         format!("{{ address = \"{}\", weight = 3 }}", a.addr),
         format!("{{ address = \"{}\", weight = 1 }}", b.addr),
     ];
-    let (gw, base) = start(&upstream_cfg("weighted", &eps, ""));
+    let (gw, base) = start(&upstream_cfg("weighted", &eps, "")).await;
     let seen = tally(&base, 40, None).await;
     assert_eq!(seen, HashMap::from([("a".into(), 30), ("b".into(), 10)]));
     gw.shutdown(Duration::from_secs(1)).await;
@@ -90,7 +91,8 @@ async fn least_request_avoids_the_busy_endpoint() {
         "least_request",
         &[format!("\"{a}\""), format!("\"{b}\"")],
         "",
-    ));
+    ))
+    .await;
     let http = client();
     let hung = tokio::spawn({
         let http = http.clone();
@@ -140,7 +142,8 @@ async fn ewma_prefers_the_faster_endpoint() {
         "ewma",
         &[format!("\"{slow}\""), format!("\"{fast}\"")],
         "",
-    ));
+    ))
+    .await;
     let seen = tally(&base, 40, None).await;
     // Untried endpoints cost nothing, so the slow one is tried, learnt, and avoided.
     assert!(seen.get("slow").copied().unwrap_or(0) <= 3, "{seen:?}");
@@ -154,7 +157,8 @@ async fn consistent_hashing_keeps_keys_on_their_shard() {
         "consistent_hash",
         &[quoted(&a), quoted(&b), quoted(&c)],
         ", hash_on = { header = \"x-user\" }",
-    ));
+    ))
+    .await;
     let mut placement = HashMap::new();
     for k in 0..60 {
         let seen = tally(&base, 3, Some(("x-user", format!("user-{k}")))).await;
@@ -191,7 +195,8 @@ async fn hashing_on_cookie_and_path_segment_is_sticky() {
         "consistent_hash",
         &eps,
         ", hash_on = { cookie = \"sid\" }",
-    ));
+    ))
+    .await;
     for k in 0..10 {
         let seen = tally(&base, 4, Some(("cookie", format!("theme=dark; sid=s{k}")))).await;
         assert_eq!(seen.len(), 1, "{seen:?}");
@@ -201,7 +206,8 @@ async fn hashing_on_cookie_and_path_segment_is_sticky() {
         "consistent_hash",
         &eps,
         ", hash_on = { path_segment = 1 }",
-    ));
+    ))
+    .await;
     let http = client();
     for tenant in ["acme", "globex", "initech"] {
         let mut shards = std::collections::HashSet::new();
@@ -230,7 +236,7 @@ async fn failing_endpoints_are_ejected_from_live_traffic() {
         "{LISTENER}\n[[routes]]\nname = \"r\"\nupstream = \"u\"\n[[upstreams]]\nname = \"u\"\nendpoints = [\"{}\", \"{bad}\"]\noutlier_detection = {{ consecutive_failures = 3, base_ejection_time = \"1m\", max_ejection_percent = 50 }}\n",
         good.addr
     );
-    let (gw, base) = start(&cfg);
+    let (gw, base) = start(&cfg).await;
     let http = client();
     let mut failures = 0;
     for _ in 0..40 {
@@ -273,7 +279,7 @@ async fn active_health_checks_take_endpoints_out_and_back() {
         "{LISTENER}\n[[routes]]\nname = \"r\"\nupstream = \"u\"\n[[upstreams]]\nname = \"u\"\nendpoints = [\"{flaky}\", \"{}\"]\nhealth_check = {{ path = \"/healthz\", interval = \"30ms\", timeout = \"500ms\", healthy_threshold = 2, unhealthy_threshold = 2 }}\n",
         steady.addr
     );
-    let (gw, base) = start(&cfg);
+    let (gw, base) = start(&cfg).await;
     let up = gw.upstream("u").unwrap();
     let flaky_state = |up: &trellis_gateway::upstream::Upstream| {
         up.endpoints()

@@ -100,16 +100,31 @@ fn validation_reports_every_problem_with_its_path() {
 }
 
 #[test]
-fn policies_not_enforced_yet_are_refused_rather_than_ignored() {
+fn policy_sections_are_checked_with_their_paths() {
     let cfg = de(r#"
         [[routes]]
         name = "r"
         upstream = "up"
-        auth = { api_keys = [] }
+        cors = { allow_origins = ["*"] }
+        rate_limit = { requests = 0, per = "1s" }
+        bulkhead = { max_concurrent = 0 }
+        auth = { api_keys = { keys = [] }, bogus = 1 }
+        [[routes]]
+        name = "claims"
+        upstream = "up"
+        rate_limit = { requests = 5, per = "1s", key = "claim:sub" }
         [[upstreams]]
         name = "up"
     "#)
     .unwrap();
     let errs = cfg.validate().unwrap_err().to_string();
-    assert!(errs.contains("routes[0].auth: not enforced"), "{errs}");
+    for expected in [
+        "routes[0].cors: not enforced",
+        "routes[0].rate_limit.requests",
+        "routes[0].bulkhead",
+        "routes[0].auth",
+        "routes[1].rate_limit.key: \"claim:sub\" needs an auth section",
+    ] {
+        assert!(errs.contains(expected), "missing {expected:?} in {errs}");
+    }
 }

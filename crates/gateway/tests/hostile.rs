@@ -27,7 +27,7 @@ async fn gateway(
         "#,
         a.addr
     );
-    let (gw, _) = start(&cfg);
+    let (gw, _) = start(&cfg).await;
     let addr = gw.local_addr("main").unwrap();
     (gw, addr, a)
 }

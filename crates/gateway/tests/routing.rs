@@ -67,7 +67,7 @@ async fn routes_follow_the_documented_precedence() {
         {}"#,
         upstreams(&[("a", &a), ("b", &b), ("c", &c), ("d", &d)])
     );
-    let (gw, base) = start(&cfg);
+    let (gw, base) = start(&cfg).await;
     let http = client();
     let who = |path: &'static str, host: Option<&'static str>, method: reqwest::Method| {
         let http = http.clone();
@@ -162,7 +162,7 @@ async fn rewrites_and_header_rules_apply_both_ways() {
         {}"#,
         upstreams(&[("a", &a)])
     );
-    let (gw, base) = start(&cfg);
+    let (gw, base) = start(&cfg).await;
     let http = client();
     let body = json(
         http.get(format!("{base}/strip/users/7?q=1"))
@@ -202,7 +202,7 @@ async fn forwarding_headers_request_id_and_traceparent() {
         "{LISTENER}\n[[routes]]\nname = \"r\"\nupstream = \"a\"\n{}",
         upstreams(&[("a", &a)])
     );
-    let (gw, base) = start(&cfg);
+    let (gw, base) = start(&cfg).await;
     let http = client();
     let resp = http
         .get(format!("{base}/p"))
@@ -268,7 +268,7 @@ async fn gateway_errors_are_problem_details_or_grpc_statuses() {
         name = "empty"
         "#
     );
-    let (gw, base) = start(&cfg);
+    let (gw, base) = start(&cfg).await;
     let http = client();
     let resp = http.get(format!("{base}/nowhere")).send().await.unwrap();
     assert_eq!(resp.status(), 404);
@@ -313,7 +313,7 @@ async fn timeouts_answer_504_and_deadline_exceeded() {
     let cfg = format!(
         "{LISTENER}\n[[routes]]\nname = \"slow\"\nupstream = \"slow\"\ntimeout = \"100ms\"\n[[upstreams]]\nname = \"slow\"\nendpoints = [\"{slow}\"]\n"
     );
-    let (gw, base) = start(&cfg);
+    let (gw, base) = start(&cfg).await;
     let http = client();
     let resp = http.get(format!("{base}/")).send().await.unwrap();
     assert_eq!(resp.status(), 504);

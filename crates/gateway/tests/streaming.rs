@@ -30,7 +30,7 @@ async fn server_sent_events_are_not_buffered() {
     );
     let up = serve(app).await;
     let cfg = format!("{LISTENER}\n[[routes]]\nname = \"sse\"\nupstream = \"u\"\n[[upstreams]]\nname = \"u\"\nendpoints = [\"{up}\"]\n");
-    let (gw, base) = start(&cfg);
+    let (gw, base) = start(&cfg).await;
     let mut resp = client().get(format!("{base}/events")).send().await.unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     // The first event must arrive while the upstream still holds the stream open.
@@ -83,7 +83,7 @@ async fn websocket_echo_through_the_gateway() {
     );
     let up = serve(app).await;
     let cfg = format!("{LISTENER}\n[[routes]]\nname = \"ws\"\nupstream = \"u\"\n[[upstreams]]\nname = \"u\"\nendpoints = [\"{up}\"]\n");
-    let (gw, base) = start(&cfg);
+    let (gw, base) = start(&cfg).await;
     let url = format!("{}/ws", base.replace("http://", "ws://"));
     let (mut ws, resp) = tokio_tungstenite::connect_async(url).await.unwrap();
     assert_eq!(resp.status(), 101);
@@ -121,7 +121,7 @@ async fn idle_websockets_are_closed() {
     let cfg = format!(
         "{LISTENER}\n[[routes]]\nname = \"ws\"\nupstream = \"u\"\nwebsocket_idle_timeout = \"200ms\"\n[[upstreams]]\nname = \"u\"\nendpoints = [\"{up}\"]\n"
     );
-    let (gw, base) = start(&cfg);
+    let (gw, base) = start(&cfg).await;
     let (mut ws, _) =
         tokio_tungstenite::connect_async(format!("{}/ws", base.replace("http://", "ws://")))
             .await
@@ -143,7 +143,7 @@ async fn idle_websockets_are_closed() {
 async fn cleartext_http2_clients_are_served() {
     let a = echo("a").await;
     let cfg = format!("{LISTENER}\n[[routes]]\nname = \"r\"\nupstream = \"a\"\n[[upstreams]]\nname = \"a\"\nendpoints = [\"{}\"]\n", a.addr);
-    let (gw, base) = start(&cfg);
+    let (gw, base) = start(&cfg).await;
     let h2 = reqwest::Client::builder()
         .no_proxy()
         .http2_prior_knowledge()
@@ -212,7 +212,7 @@ async fn tls_picks_the_certificate_by_sni_and_speaks_h2_by_alpn() {
         b_key.display(),
         up.addr
     );
-    let (gw, _) = start(&cfg);
+    let (gw, _) = start(&cfg).await;
     let addr = gw.local_addr("main").unwrap();
     for (sni, der) in [
         ("a.test", &a_der),
@@ -320,7 +320,7 @@ async fn grpc_streams_both_ways_with_trailers_intact() {
     let cfg = format!(
         "{LISTENER}\n[[routes]]\nname = \"grpc\"\nupstream = \"g\"\n[[upstreams]]\nname = \"g\"\nprotocol = \"http2\"\nendpoints = [\"{up}\"]\n"
     );
-    let (gw, base) = start(&cfg);
+    let (gw, base) = start(&cfg).await;
     let addr = gw.local_addr("main").unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(

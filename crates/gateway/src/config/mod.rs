@@ -282,13 +282,49 @@ fn default_budget() -> f64 {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerPolicy {
-    pub failure_rate_percent: Option<f64>,
-    pub minimum_calls: Option<u32>,
+    /// Failure percentage over the window at which the breaker opens.
+    #[serde(default = "default_failure_rate")]
+    pub failure_rate_percent: f32,
+    /// Calls the window must hold before the breaker may open.
+    #[serde(default = "default_minimum_calls")]
+    pub minimum_calls: u32,
+    /// How far back the time-based sliding window reaches.
+    #[serde(default = "default_window", deserialize_with = "duration::deserialize")]
+    pub window: Duration,
+    /// How long the breaker stays open before admitting probes.
+    #[serde(
+        default = "default_open_for",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub open_for: Duration,
+    /// Probe calls admitted while half-open.
+    #[serde(default = "default_half_open")]
+    pub half_open_calls: u32,
+    /// Calls slower than this count as slow; with `slow_call_percent` they
+    /// open the breaker too.
     #[serde(default, deserialize_with = "duration::option")]
-    pub window: Option<Duration>,
-    #[serde(default, deserialize_with = "duration::option")]
-    pub open_for: Option<Duration>,
-    pub half_open_calls: Option<u32>,
+    pub slow_call_duration: Option<Duration>,
+    #[serde(default = "default_slow_percent")]
+    pub slow_call_percent: f32,
+}
+
+fn default_failure_rate() -> f32 {
+    50.0
+}
+fn default_minimum_calls() -> u32 {
+    20
+}
+fn default_window() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_open_for() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_half_open() -> u32 {
+    3
+}
+fn default_slow_percent() -> f32 {
+    100.0
 }
 
 /// Bounded concurrency with a bounded wait queue.
@@ -306,11 +342,12 @@ pub struct BulkheadPolicy {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitPolicy {
-    pub requests: u64,
+    pub requests: u32,
     #[serde(deserialize_with = "duration::deserialize")]
     pub per: Duration,
+    /// Requests a fresh key may make at once; defaults to `requests`.
     #[serde(default)]
-    pub burst: Option<u64>,
+    pub burst: Option<u32>,
     /// `client_ip`, `header:<name>`, `api_key` or `claim:<name>`.
     #[serde(default = "default_rl_key")]
     pub key: String,

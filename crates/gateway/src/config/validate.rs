@@ -301,21 +301,32 @@ fn check_route(at: &str, r: &Route, errs: &mut Errors) {
             "must be greater than zero",
         );
     }
-    // Policies whose enforcement has not landed in this build are refused
-    // rather than silently ignored: a route that looks protected must be.
-    let pending = [
-        ("breaker", r.breaker.is_some()),
-        ("bulkhead", r.bulkhead.is_some()),
-        ("rate_limit", r.rate_limit.is_some()),
-        ("auth", r.auth.is_some()),
-        ("cors", r.cors.is_some()),
-    ];
-    for (key, set) in pending {
-        if set {
-            errs.push(
-                format!("{at}.{key}"),
-                "not enforced by this build of the gateway yet; remove it",
-            );
+    // CORS is refused rather than silently ignored until it is wired: a
+    // route that looks configured must behave as configured.
+    if r.cors.is_some() {
+        errs.push(
+            format!("{at}.cors"),
+            "not enforced by this build of the gateway yet; remove it",
+        );
+    }
+    if let Some(b) = &r.breaker {
+        if let Err(e) = crate::policy::breaker(b, &r.name) {
+            errs.push(format!("{at}.breaker"), e);
+        }
+    }
+    if let Some(b) = &r.bulkhead {
+        if let Err(e) = crate::policy::bulkhead(b) {
+            errs.push(format!("{at}.bulkhead"), e);
+        }
+    }
+    if let Some(rl) = &r.rate_limit {
+        if let Err((key, e)) = crate::policy::check_rate_limit(rl, r.auth.is_some()) {
+            errs.push(format!("{at}.rate_limit.{key}"), e);
+        }
+    }
+    if let Some(auth) = &r.auth {
+        for (path, e) in crate::policy::check_auth(auth) {
+            errs.push(format!("{at}.auth{path}"), e);
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::route::CompiledRoute;
 use crate::runtime::ListenerRuntime;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,7 +48,9 @@ pub(crate) async fn handle(
     let grpc = is_grpc(&req);
     let request_id = headers::request_id(req.headers_mut());
     let method = req.method().clone();
-    let path_for_log = req.uri().path().to_owned();
+    // The path is copied only when someone listens to the access log.
+    let path_for_log = tracing::enabled!(target: "trellis::access", tracing::Level::INFO)
+        .then(|| req.uri().path().to_owned());
 
     let outcome = admit(listener, &req).and_then(|()| {
         listener
@@ -67,7 +70,11 @@ pub(crate) async fn handle(
                 }
                 Err(e) => {
                     route.metrics.error(e.code());
-                    e.response(grpc, Some(&request_id))
+                    let mut resp = e.response(grpc, Some(&request_id));
+                    if let GatewayError::RateLimited { decision } = e {
+                        decision.write_headers(&route.name, resp.headers_mut());
+                    }
+                    resp
                 }
             };
             (resp, Some(route))
@@ -77,6 +84,9 @@ pub(crate) async fn handle(
     if let Some(r) = &route {
         r.metrics.observe(response.status(), elapsed.as_secs_f64());
     }
+    let Some(path_for_log) = path_for_log else {
+        return response;
+    };
     tracing::info!(
         target: "trellis::access",
         listener = &*listener.name,
@@ -131,6 +141,32 @@ impl RouteService {
             headers::wants_upgrade(req.headers()) && req.version() == http::Version::HTTP_11;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, incoming) = req.into_parts();
+        let policies = &route.policies;
+        if let Some(auth) = &policies.auth {
+            if let Err(e) = auth.authenticate(&mut parts).await {
+                let (head, body) = auth.reject(&e).into_parts();
+                let bytes = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                return Ok(Response::from_parts(head, Body::full(bytes)));
+            }
+        }
+        if let Some(limiter) = &policies.limiter {
+            let decision = limiter.check(&parts, conn.peer.ip()).await;
+            if !decision.allowed {
+                return Err(GatewayError::RateLimited { decision });
+            }
+        }
+        let permit = match &policies.bulkhead {
+            Some(b) => Some(
+                b.acquire()
+                    .await
+                    .map_err(|_| GatewayError::UpstreamOverloaded)?,
+            ),
+            None => None,
+        };
 
         let original_host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
@@ -194,7 +230,12 @@ impl RouteService {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upstream_upgraded);
         route.response_headers.apply(&mut parts.headers);
-        Ok(Response::from_parts(parts, Body::stream(body)))
+        let body = match permit {
+            // The bulkhead bounds streams too, so its permit lives as long as the body.
+            Some(p) => Body::stream(body).holding(p),
+            None => Body::stream(body),
+        };
+        Ok(Response::from_parts(parts, body))
     }
 }
 

@@ -20,8 +20,12 @@ pub enum GatewayError {
     UpstreamTimeout,
     /// The upstream broke the exchange (reset, protocol error).
     UpstreamError,
+    /// The route's circuit breaker is open.
+    CircuitOpen {
+        retry_after: std::time::Duration,
+    },
     RateLimited {
-        retry_after: Duration,
+        decision: trellis_resilience::ratelimit::Decision,
     },
     PayloadTooLarge,
     UriTooLong,
@@ -37,6 +41,7 @@ impl GatewayError {
             GatewayError::UpstreamOverloaded => "upstream_overloaded",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::UpstreamError => "upstream_error",
+            GatewayError::CircuitOpen { .. } => "circuit_open",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::PayloadTooLarge => "payload_too_large",
             GatewayError::UriTooLong => "uri_too_long",
@@ -47,9 +52,9 @@ impl GatewayError {
     pub fn status(self) -> StatusCode {
         match self {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
-            GatewayError::UpstreamUnavailable { .. } | GatewayError::UpstreamOverloaded => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::UpstreamUnavailable { .. }
+            | GatewayError::UpstreamOverloaded
+            | GatewayError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::UpstreamError => StatusCode::BAD_GATEWAY,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -66,6 +71,9 @@ impl GatewayError {
             GatewayError::UpstreamOverloaded => "The upstream service is at capacity",
             GatewayError::UpstreamTimeout => "The upstream service did not answer in time",
             GatewayError::UpstreamError => "The upstream service failed to answer",
+            GatewayError::CircuitOpen { .. } => {
+                "The upstream service is failing and calls to it are paused"
+            }
             GatewayError::RateLimited { .. } => "Too many requests",
             GatewayError::PayloadTooLarge => "The request body is too large",
             GatewayError::UriTooLong => "The request target is too long",
@@ -79,7 +87,7 @@ impl GatewayError {
             GatewayError::NoRoute => 12, // UNIMPLEMENTED
             GatewayError::UpstreamUnavailable { .. } | GatewayError::UpstreamOverloaded => 14, // UNAVAILABLE
             GatewayError::UpstreamTimeout => 4, // DEADLINE_EXCEEDED
-            GatewayError::UpstreamError => 14,
+            GatewayError::UpstreamError | GatewayError::CircuitOpen { .. } => 14,
             GatewayError::RateLimited { .. } | GatewayError::PayloadTooLarge => 8, // RESOURCE_EXHAUSTED
             GatewayError::UriTooLong | GatewayError::BadRequest => 3, // INVALID_ARGUMENT
         }
@@ -88,7 +96,8 @@ impl GatewayError {
     fn retry_after(self) -> Option<Duration> {
         match self {
             GatewayError::UpstreamUnavailable { retry_after } => retry_after,
-            GatewayError::RateLimited { retry_after } => Some(retry_after),
+            GatewayError::RateLimited { decision } => Some(decision.retry_after),
+            GatewayError::CircuitOpen { retry_after } => Some(retry_after),
             _ => None,
         }
     }
@@ -149,6 +158,9 @@ impl GatewayError {
                 "The%20upstream%20service%20did%20not%20answer%20in%20time"
             }
             GatewayError::UpstreamError => "The%20upstream%20service%20failed%20to%20answer",
+            GatewayError::CircuitOpen { .. } => {
+                "The%20upstream%20service%20is%20failing%20and%20calls%20to%20it%20are%20paused"
+            }
             GatewayError::RateLimited { .. } => "Too%20many%20requests",
             GatewayError::PayloadTooLarge => "The%20request%20body%20is%20too%20large",
             GatewayError::UriTooLong => "The%20request%20target%20is%20too%20long",
@@ -169,8 +181,18 @@ mod tests {
             GatewayError::UpstreamOverloaded,
             GatewayError::UpstreamTimeout,
             GatewayError::UpstreamError,
-            GatewayError::RateLimited {
+            GatewayError::CircuitOpen {
                 retry_after: Duration::ZERO,
+            },
+            GatewayError::RateLimited {
+                decision: trellis_resilience::ratelimit::Decision {
+                    allowed: false,
+                    limit: 1,
+                    remaining: 0,
+                    reset_after: Duration::ZERO,
+                    retry_after: Duration::ZERO,
+                    window: Duration::ZERO,
+                },
             },
             GatewayError::PayloadTooLarge,
             GatewayError::UriTooLong,

@@ -14,6 +14,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use trellis_resilience::classify::Outcome;
 
 /// Budget window; counts older than this are forgotten.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
@@ -123,6 +124,12 @@ async fn attempt(
         crate::upstream::PickError::Overloaded => GatewayError::UpstreamOverloaded,
     })?;
     let endpoint = in_flight.endpoint();
+    let breaker = match &route.policies.breaker {
+        Some(b) => Some(b.try_acquire().map_err(|open| GatewayError::CircuitOpen {
+            retry_after: open.retry_after(),
+        })?),
+        None => None,
+    };
     *req.uri_mut() = upstream_uri(endpoint.authority(), path_and_query)?;
     *req.version_mut() = match upstream.protocol() {
         UpstreamProtocol::Http1 => Version::HTTP_11,
@@ -138,6 +145,24 @@ async fn attempt(
         None => fut.await.map_err(|e| classify(&e)),
     };
     let latency = started.elapsed();
+    if let Some(permit) = breaker {
+        let failed = match &result {
+            Ok(resp) => resp.status().is_server_error(),
+            Err(GatewayError::PayloadTooLarge) => false,
+            Err(_) => true,
+        };
+        permit.record_with_duration(
+            if failed {
+                Outcome::failure()
+            } else {
+                Outcome::success()
+            },
+            latency,
+        );
+        if let Some(b) = &route.policies.breaker {
+            route.metrics.breaker_state(b.state());
+        }
+    }
     match &result {
         Ok(resp) if resp.status().is_server_error() => upstream.record_failure(endpoint, latency),
         Ok(_) => upstream.record_success(endpoint, latency),

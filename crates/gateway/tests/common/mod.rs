@@ -82,9 +82,11 @@ pub fn parse(toml_text: &str) -> GatewayConfig {
 }
 
 /// Starts a gateway from `toml_text` with one listener named "main" on a random port.
-pub fn start(toml_text: &str) -> (GatewayHandle, String) {
+pub async fn start(toml_text: &str) -> (GatewayHandle, String) {
     let mut registry = prometheus_client::registry::Registry::default();
-    let gw = Gateway::start(parse(toml_text), &mut registry).unwrap();
+    let gw = Gateway::start(parse(toml_text), &mut registry)
+        .await
+        .unwrap();
     let addr = gw.local_addr("main").unwrap();
     (gw, format!("http://{addr}"))
 }
