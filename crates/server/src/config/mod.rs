@@ -41,6 +41,12 @@ pub struct Config {
     pub data: DataConfig,
     /// `[store]`: the database behind events, the registry and projections.
     pub store: StoreSection,
+    /// `[[listeners]]`: the gateway's listening sockets (see docs/gateway-config.md).
+    pub listeners: Vec<trellis_gateway::config::Listener>,
+    /// `[[routes]]`: the gateway's routes.
+    pub routes: Vec<trellis_gateway::config::Route>,
+    /// `[[upstreams]]`: where routes forward to.
+    pub upstreams: Vec<trellis_gateway::config::UpstreamConfig>,
 }
 
 impl Validate for Config {
@@ -49,10 +55,25 @@ impl Validate for Config {
         v.section("log", &self.log);
         v.section("data", &self.data);
         v.section("store", &self.store);
+        // The gateway checks its own sections and names keys from the top.
+        if let Err(errors) = self.gateway().validate() {
+            for e in errors.0 {
+                v.invalid_at(&e.path, e.message);
+            }
+        }
     }
 }
 
 impl Config {
+    /// The gateway's part of the config.
+    pub fn gateway(&self) -> trellis_gateway::GatewayConfig {
+        trellis_gateway::GatewayConfig {
+            listeners: self.listeners.clone(),
+            routes: self.routes.clone(),
+            upstreams: self.upstreams.clone(),
+        }
+    }
+
     /// Reads, parses and validates the file at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
