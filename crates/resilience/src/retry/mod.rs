@@ -17,6 +17,36 @@
 //! in `tower::retry`), a budget deposit when there is one, and no event.
 //! For HTTP, [`http::HttpRetryLayer`] adds idempotency rules and bounded
 //! body replay.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use trellis_resilience::fallback::on_rejection;
+//! use trellis_resilience::retry::{Backoff, Jitter, RetryBudget, RetryConfig, RetryLayer};
+//! use trellis_resilience::timeout::TimeoutLayer;
+//! use trellis_resilience::{BoxError, Rejection};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let retry = RetryLayer::new(RetryConfig {
+//!     max_attempts: 3,
+//!     backoff: Backoff::exponential(Duration::from_millis(25), Duration::from_secs(1))
+//!         .with_jitter(Jitter::Decorrelated),
+//!     budget: Some(RetryBudget::new(Duration::from_secs(10), 10, 0.2)?),
+//!     per_try_timeout: Some(Duration::from_millis(250)),
+//!     ..RetryConfig::default()
+//! });
+//! let svc = ServiceBuilder::new()
+//!     // Whatever is left after the retries: a degraded answer, not an error.
+//!     .layer(on_rejection(|r: Rejection| (r == Rejection::Timeout).then(|| "stale".to_owned())))
+//!     .layer(TimeoutLayer::new(Duration::from_secs(1)))
+//!     .layer(retry.clone())
+//!     .service(service_fn(|name: &'static str| async move { Ok::<_, BoxError>(format!("hello {name}")) }));
+//! assert_eq!(svc.oneshot("world").await?, "hello world");
+//! assert_eq!(retry.snapshot().retries, 0);
+//! # Ok(())
+//! # }
+//! ```
 
 mod backoff;
 #[cfg(feature = "http")]
