@@ -125,3 +125,27 @@ async fn fallback_after_retries_with_per_try_timeouts_are_spent() {
     assert_eq!(start.elapsed(), Duration::from_millis(320));
     assert_eq!(retry.snapshot().retries, 2);
 }
+
+#[tokio::test]
+async fn real_breaker_and_bulkhead_rejections_become_responses() {
+    use trellis_resilience::breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer};
+    use trellis_resilience::bulkhead::{Bulkhead, BulkheadConfig, BulkheadLayer};
+
+    let ok = service_fn(|x: &'static str| async move { Ok::<_, BoxError>(x.to_owned()) });
+
+    let breaker = CircuitBreaker::new(CircuitBreakerConfig::default()).unwrap();
+    breaker.force_open();
+    let svc = ServiceBuilder::new()
+        .layer(on_rejection(degraded))
+        .layer(CircuitBreakerLayer::new(breaker))
+        .service(ok);
+    assert!(svc.oneshot("GET /").await.unwrap().starts_with("503"));
+
+    let bulkhead = Bulkhead::new(BulkheadConfig::new(1)).unwrap();
+    let _held = bulkhead.try_acquire().unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(on_rejection(degraded))
+        .layer(BulkheadLayer::new(bulkhead.clone()))
+        .service(ok);
+    assert_eq!(svc.oneshot("GET /").await.unwrap(), "503 busy");
+}

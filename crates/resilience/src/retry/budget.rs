@@ -43,7 +43,7 @@ pub struct RetryBudget {
 #[derive(Debug)]
 struct Inner {
     epoch: Instant,
-    bucket_width: Duration,
+    bucket_width_ns: u64,
     ttl: Duration,
     min_per_sec: u32,
     retry_ratio: f64,
@@ -105,7 +105,9 @@ impl RetryBudget {
         RetryBudget {
             inner: Arc::new(Inner {
                 epoch: Instant::now(),
-                bucket_width: ttl / BUCKETS as u32,
+                bucket_width_ns: u64::try_from((ttl / BUCKETS as u32).as_nanos())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
                 ttl,
                 min_per_sec,
                 retry_ratio,
@@ -119,6 +121,7 @@ impl RetryBudget {
     }
 
     /// Records a request (every call, retried or not).
+    #[inline]
     pub fn deposit(&self) {
         if self.inner.retry_ratio <= 0.0 {
             return;
@@ -166,9 +169,12 @@ impl Inner {
     /// Clears buckets that slid out of the window; returns the current slot.
     /// Only a bucket change takes the lock, so the hot path is a clock read
     /// and an atomic load.
+    #[inline]
     fn advance(&self) -> usize {
+        // u64 nanoseconds cover 584 years of uptime; u128 division is slow.
         let now = Instant::now().saturating_duration_since(self.epoch);
-        let bucket = (now.as_nanos() / self.bucket_width.as_nanos().max(1)) as u64;
+        let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = now_ns / self.bucket_width_ns;
         if bucket > self.head.load(Ordering::Acquire) {
             let _guard = self.rotation.lock();
             let head = self.head.load(Ordering::Acquire);

@@ -28,16 +28,16 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         // An attempt in flight, bounded by the per-try/overall timer.
+        // Timers are boxed: they are only there when configured, and an
+        // inline `Sleep` would triple the size of every call's future.
         Calling {
             #[pin]
             call: F,
-            #[pin]
-            timer: Option<Sleep>,
+            timer: Option<Pin<Box<Sleep>>>,
         },
         // Waiting out the backoff.
         Backoff {
-            #[pin]
-            sleep: Sleep,
+            sleep: Pin<Box<Sleep>>,
         },
         // Waiting for the service to be ready for the next attempt.
         Readying,
@@ -55,7 +55,7 @@ pin_project! {
         next: Option<Req>,
         attempt: u32,
         deadline: Option<Instant>,
-        delays: Option<Delays>,
+        delays: Option<Box<Delays>>,
         #[pin]
         state: State<S::Future>,
     }
@@ -65,13 +65,14 @@ impl<S, C, P, Req> ResponseFuture<S, C, P, Req>
 where
     S: Service<Req>,
 {
+    #[inline]
     pub(super) fn new(
         shared: Arc<Shared<C, P>>,
         service: S,
         next: Option<Req>,
         deadline: Option<Instant>,
         call: S::Future,
-        timer: Option<Sleep>,
+        timer: Option<Pin<Box<Sleep>>>,
     ) -> Self {
         ResponseFuture {
             shared,
@@ -94,6 +95,7 @@ where
 {
     type Output = Result<S::Response, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
@@ -101,9 +103,9 @@ where
                 StateProj::Calling { call, timer } => {
                     let result = match call.poll(cx) {
                         Poll::Ready(result) => result.map_err(Into::into),
-                        Poll::Pending => match timer.as_pin_mut() {
+                        Poll::Pending => match timer {
                             Some(timer) => {
-                                ready!(timer.poll(cx));
+                                ready!(timer.as_mut().poll(cx));
                                 Err(BoxError::from(Elapsed))
                             }
                             None => return Poll::Pending,
@@ -124,12 +126,12 @@ where
                         None => return Poll::Ready(result),
                         Some(delay) if delay.is_zero() => this.state.set(State::Readying),
                         Some(delay) => this.state.set(State::Backoff {
-                            sleep: tokio::time::sleep(delay),
+                            sleep: Box::pin(tokio::time::sleep(delay)),
                         }),
                     }
                 }
                 StateProj::Backoff { sleep } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {

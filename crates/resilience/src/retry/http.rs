@@ -10,6 +10,33 @@
 //! The [`Deadline`] in a request's extensions (set by an outer
 //! [`Timeout`](crate::timeout::Timeout)) bounds the retry, and each attempt
 //! carries its own, earlier, deadline to the layers below.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use trellis_resilience::retry::http::{HttpRetryLayer, ReplayBody};
+//! use trellis_resilience::retry::RetryConfig;
+//! use trellis_resilience::timeout::TimeoutLayer;
+//! use trellis_resilience::BoxError;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! // The upstream client receives `Request<ReplayBody<B>>`.
+//! let upstream = service_fn(|_: Request<ReplayBody<Full<Bytes>>>| async {
+//!     Ok::<_, BoxError>(Response::new(()))
+//! });
+//! let svc = ServiceBuilder::new()
+//!     .layer(TimeoutLayer::http(Duration::from_secs(2)))
+//!     .layer(HttpRetryLayer::new(RetryConfig::default()).body_limit(16 * 1024))
+//!     .service(upstream);
+//! let request = Request::put("http://orders/42").body(Full::new(Bytes::from("{}")))?;
+//! assert_eq!(svc.oneshot(request).await?.status(), 200);
+//! # Ok(())
+//! # }
+//! ```
 
 pub use super::body::ReplayBody;
 

@@ -17,6 +17,36 @@
 //! in `tower::retry`), a budget deposit when there is one, and no event.
 //! For HTTP, [`http::HttpRetryLayer`] adds idempotency rules and bounded
 //! body replay.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use trellis_resilience::fallback::on_rejection;
+//! use trellis_resilience::retry::{Backoff, Jitter, RetryBudget, RetryConfig, RetryLayer};
+//! use trellis_resilience::timeout::TimeoutLayer;
+//! use trellis_resilience::{BoxError, Rejection};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let retry = RetryLayer::new(RetryConfig {
+//!     max_attempts: 3,
+//!     backoff: Backoff::exponential(Duration::from_millis(25), Duration::from_secs(1))
+//!         .with_jitter(Jitter::Decorrelated),
+//!     budget: Some(RetryBudget::new(Duration::from_secs(10), 10, 0.2)?),
+//!     per_try_timeout: Some(Duration::from_millis(250)),
+//!     ..RetryConfig::default()
+//! });
+//! let svc = ServiceBuilder::new()
+//!     // Whatever is left after the retries: a degraded answer, not an error.
+//!     .layer(on_rejection(|r: Rejection| (r == Rejection::Timeout).then(|| "stale".to_owned())))
+//!     .layer(TimeoutLayer::new(Duration::from_secs(1)))
+//!     .layer(retry.clone())
+//!     .service(service_fn(|name: &'static str| async move { Ok::<_, BoxError>(format!("hello {name}")) }));
+//! assert_eq!(svc.oneshot("world").await?, "hello world");
+//! assert_eq!(retry.snapshot().retries, 0);
+//! # Ok(())
+//! # }
+//! ```
 
 mod backoff;
 #[cfg(feature = "http")]
@@ -36,6 +66,7 @@ use crate::classify::{Classify, ErrorsFail, Outcome};
 use crate::observe::EventStream;
 use crate::timeout::Deadline;
 use parking_lot::Mutex;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -290,10 +321,12 @@ where
     type Error = crate::BoxError;
     type Future = ResponseFuture<S, C, P, Req>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, mut request: Req) -> Self::Future {
         // The service that was polled ready makes the first call and stays
         // with the future for the retries; this one gets a fresh clone.
@@ -317,6 +350,7 @@ where
 
 impl<C, P> Shared<C, P> {
     /// The earlier of this retry's own deadline and the one the request carries.
+    #[inline]
     fn overall_deadline<Req>(&self, request: &Req) -> Option<Instant>
     where
         P: RetryPolicy<Req>,
@@ -334,11 +368,12 @@ impl<C, P> Shared<C, P> {
 
     /// The timer of one attempt: the per-try timeout, never past the
     /// overall deadline. Inner layers learn it through the request.
+    #[inline]
     pub(crate) fn attempt_timer<Req>(
         &self,
         request: &mut Req,
         deadline: Option<Instant>,
-    ) -> Option<Sleep>
+    ) -> Option<Pin<Box<Sleep>>>
     where
         P: RetryPolicy<Req>,
     {
@@ -348,7 +383,7 @@ impl<C, P> Shared<C, P> {
             (a, b) => a.or(b),
         }?;
         self.policy.set_deadline(request, Deadline::at(until));
-        Some(tokio::time::sleep_until(until))
+        Some(Box::pin(tokio::time::sleep_until(until)))
     }
 
     /// After a retryable failure of attempt number `attempt`: the delay
@@ -359,7 +394,7 @@ impl<C, P> Shared<C, P> {
         attempt: u32,
         replayable: bool,
         deadline: Option<Instant>,
-        delays: &mut Option<Delays>,
+        delays: &mut Option<Box<Delays>>,
     ) -> Option<Duration> {
         let give_up = |reason| {
             self.stats.gave_up.fetch_add(1, Ordering::Relaxed);
@@ -383,7 +418,9 @@ impl<C, P> Shared<C, P> {
                 return give_up(GiveUpReason::RetryAfterTooLong)
             }
             Some(after) => after,
-            None => delays.get_or_insert_with(|| self.delays()).next_delay(),
+            None => delays
+                .get_or_insert_with(|| Box::new(self.delays()))
+                .next_delay(),
         };
         if deadline.is_some_and(|deadline| Instant::now() + delay >= deadline) {
             return give_up(GiveUpReason::Deadline);
