@@ -149,6 +149,29 @@ async fn read_all(es: &EventStore) -> (usize, f64) {
     (n, n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// The peer of `$all` reads: paging the peer table by position with plain SELECTs through tokio-postgres.
+async fn peer_read() -> (usize, f64) {
+    let (client, conn) = tokio_postgres::connect(PG_URL, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let select = client
+        .prepare("SELECT position, stream, version, event_id, event_type, data, metadata, created_ms FROM trellis_bench_peer WHERE position >= $1 ORDER BY position LIMIT 1000")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let (mut from, mut n) = (0i64, 0);
+    loop {
+        let rows = client.query(&select, &[&from]).await.unwrap();
+        let Some(last) = rows.last() else { break };
+        from = last.get::<_, i64>(0) + 1;
+        for r in &rows {
+            let _: (i64, String, i64, String, String, String, Option<String>, i64) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7));
+        }
+        n += rows.len();
+    }
+    (n, n as f64 / start.elapsed().as_secs_f64())
+}
+
 async fn live_latency(es: &EventStore, count: usize) -> (Duration, Duration, Duration) {
     let sent: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
     let sub = es.subscribe(SubscriptionOptions::new(
@@ -284,6 +307,8 @@ async fn main() {
     if let Some(es) = &pg_es {
         let (n, rate) = read_all(es).await;
         println!("| PostgreSQL | {n} events | {rate:.0} events/s |");
+        let (n, rate) = peer_read().await;
+        println!("| peer: plain SELECTs from PostgreSQL | {n} rows | {rate:.0} rows/s |");
     }
 
     println!("\nlive subscription latency, append start → delivery (1000 events, one every ~1 ms)");
