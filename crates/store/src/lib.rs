@@ -21,11 +21,8 @@
 //!   request. Under load a single fsync covers hundreds of writes; a lone write
 //!   pays one fsync, as it would anyway. Reads use separate connections (WAL
 //!   lets them run beside the writer) and never queue behind writes.
-//! - **PostgreSQL** uses a deadpool of tokio-postgres connections for reads,
-//!   and the same group commit for writes, on one writer connection: writes
-//!   that serialise on a row lock (the event store's position counter) cannot
-//!   use the server's own group commit, since each waits for the previous
-//!   commit; in one transaction they share the lock hold and the fsync. We chose tokio-postgres + deadpool
+//! - **PostgreSQL** uses a deadpool of tokio-postgres connections; the server's
+//!   own group commit does the batching. We chose tokio-postgres + deadpool
 //!   over sqlx because the store builds its SQL at run time (namespace
 //!   prefixes, two dialects), so sqlx's compile-time checking buys nothing,
 //!   while tokio-postgres gives statement caching per connection, pipelining
@@ -39,7 +36,6 @@
 mod error;
 pub mod migrate;
 pub mod namespace;
-mod pg_writer;
 mod postgres;
 mod sqlite;
 mod tx;
@@ -110,9 +106,6 @@ const SYSTEM: &str = "";
 
 impl Store {
     /// Opens (creating if needed) the store and applies its migrations.
-    ///
-    /// On PostgreSQL the writer task is spawned on the current Tokio runtime,
-    /// which must outlive the store.
     pub async fn open(config: StoreConfig) -> Result<Store, StoreError> {
         let backing = match config {
             StoreConfig::Sqlite { path } => Backing::Sqlite(sqlite::Sqlite::open(&path)?),
@@ -316,14 +309,17 @@ impl Store {
         Ok(())
     }
 
-    /// Group-commit counters since open: `(durable commits, writes in them)`.
-    pub fn group_commit_stats(&self) -> (u64, u64) {
+    /// Group-commit counters `(durable commits, writes in them)` of the SQLite
+    /// writer since open; `None` on PostgreSQL, which batches commits itself.
+    pub fn group_commit_stats(&self) -> Option<(u64, u64)> {
         use std::sync::atomic::Ordering::Relaxed;
-        let c = match &*self.backing {
-            Backing::Sqlite(s) => &s.counters,
-            Backing::Postgres(p) => &p.counters,
-        };
-        (c.commits.load(Relaxed), c.writes.load(Relaxed))
+        match &*self.backing {
+            Backing::Sqlite(s) => Some((
+                s.counters.commits.load(Relaxed),
+                s.counters.writes.load(Relaxed),
+            )),
+            Backing::Postgres(_) => None,
+        }
     }
 
     /// Closes connections; on SQLite, waits for queued writes to commit first.

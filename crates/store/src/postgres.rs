@@ -2,9 +2,9 @@
 //! its `search_path` set to the store's schema, so one database can hold
 //! several independent stores (and each test run its own).
 //!
-//! Reads run on pooled connections; writes are group-committed by one writer
-//! task (see [`crate::pg_writer`]) with the server's durable default
-//! (`synchronous_commit = on`).
+//! PostgreSQL does its own group commit across concurrent transactions, so a
+//! write here is simply one transaction on a pooled connection, committed with
+//! the server's durable default (`synchronous_commit = on`).
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -12,15 +12,12 @@ use std::sync::Arc;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-use crate::pg_writer::{PgJob, PgWriteJob};
 use crate::tx::{Tx, TxBody, TxConn};
 use crate::StoreError;
 
 pub(crate) struct Postgres {
     pool: Pool,
     schema: String,
-    jobs: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedSender<Box<dyn PgJob>>>>,
-    pub(crate) counters: Arc<crate::sqlite::Counters>,
 }
 
 /// Quotes an identifier for PostgreSQL.
@@ -68,14 +65,9 @@ impl Postgres {
             .max_size(pool_size.max(1))
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
-        let (jobs, rx) = tokio::sync::mpsc::unbounded_channel();
-        let counters = Arc::new(crate::sqlite::Counters::default());
-        tokio::spawn(crate::pg_writer::writer(pool.clone(), rx, counters.clone()));
         Ok(Postgres {
-            counters,
             pool,
             schema: schema.to_owned(),
-            jobs: parking_lot::Mutex::new(Some(jobs)),
         })
     }
 
@@ -83,29 +75,12 @@ impl Postgres {
         &self.schema
     }
 
-    /// A durable write through the group-committing writer task (see [`crate::pg_writer`]).
     pub(crate) async fn write<T, E, F>(&self, prefix: Arc<str>, body: F) -> Result<T, E>
     where
         F: TxBody<T, E>,
-        T: Send + 'static,
-        E: From<StoreError> + Send + 'static,
+        E: From<StoreError>,
     {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        let job = Box::new(PgWriteJob {
-            prefix,
-            body: Some(body),
-            out: None,
-            reply,
-        });
-        let sent = match self.jobs.lock().as_ref() {
-            Some(jobs) => jobs.send(job).is_ok(),
-            None => false,
-        };
-        if !sent {
-            return Err(E::from(StoreError::Closed));
-        }
-        rx.await
-            .unwrap_or_else(|_| Err(E::from(StoreError::Closed)))
+        self.run(prefix, body, false).await
     }
 
     pub(crate) async fn read<T, E, F>(&self, prefix: Arc<str>, body: F) -> Result<T, E>
@@ -116,7 +91,6 @@ impl Postgres {
         self.run(prefix, body, true).await
     }
 
-    /// A transaction on its own pooled connection (reads, and writes that bypass grouping).
     async fn run<T, E, F>(&self, prefix: Arc<str>, body: F, read_only: bool) -> Result<T, E>
     where
         F: TxBody<T, E>,
@@ -170,7 +144,6 @@ impl Postgres {
     }
 
     pub(crate) fn close(&self) {
-        self.jobs.lock().take();
         self.pool.close();
     }
 }

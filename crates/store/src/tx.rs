@@ -15,9 +15,9 @@ use crate::{Backend, Row, StoreError, Value};
 
 /// The body of a transaction: a closure handed the transaction, returning a boxed future.
 ///
-/// A write's future runs on the store's writer (a thread on SQLite, a task on
-/// PostgreSQL) while other writes queue behind it, so it must not wait on
-/// anything but the transaction itself — in particular not on another write.
+/// On SQLite the future runs on the writer (or a reader) thread and must not
+/// wait on anything but the transaction itself; on PostgreSQL it runs on the
+/// caller's runtime.
 pub trait TxBody<T, E>:
     for<'t, 'c> FnOnce(&'t Tx<'c>) -> BoxFuture<'t, Result<T, E>> + Send + 'static
 {

@@ -129,12 +129,13 @@ async fn failing_write_in_a_group_does_not_fail_the_others(store: &Store) {
     }
     assert_eq!((ok, dup), (180, 20));
     assert_eq!(count(&ns).await, 180);
-    let (commits, writes) = store.group_commit_stats();
-    assert!(writes >= 200, "{writes}");
-    assert!(
-        commits < writes,
-        "concurrent writes share commits: {commits} commits for {writes} writes"
-    );
+    if let Some((commits, writes)) = store.group_commit_stats() {
+        assert!(writes >= 200, "{writes}");
+        assert!(
+            commits < writes,
+            "concurrent writes share commits: {commits} commits for {writes} writes"
+        );
+    }
 }
 
 async fn namespace_tokens_grant_only_their_namespace(store: &Store) {
