@@ -199,6 +199,13 @@ pub async fn append_in(
     }
     let first_version = row.as_ref().map_or(0, |r| r.version + 1);
     let n = events.len() as i64;
+    let last_version = first_version + n - 1;
+    tx.execute(
+        "INSERT INTO {ns}streams (name, version, deleted, updated_ms) VALUES ($1, $2, 0, $3)
+         ON CONFLICT (name) DO UPDATE SET version = excluded.version, deleted = 0, updated_ms = excluded.updated_ms",
+        &[stream.into(), Value::Int(last_version), Value::Int(now_ms)],
+    )
+    .await?;
     // The counter row is taken last, so it is held only for the inserts and
     // the commit: the next append waits for our commit before taking the next
     // positions, which is what keeps positions gap-free in commit order.
@@ -240,13 +247,6 @@ pub async fn append_in(
             e.into()
         }
     })?;
-    let last_version = first_version + n - 1;
-    tx.execute(
-        "INSERT INTO {ns}streams (name, version, deleted, updated_ms) VALUES ($1, $2, 0, $3)
-         ON CONFLICT (name) DO UPDATE SET version = excluded.version, deleted = 0, updated_ms = excluded.updated_ms",
-        &[stream.into(), Value::Int(last_version), Value::Int(now_ms)],
-    )
-    .await?;
     Ok(AppendResult {
         first_version: first_version as u64,
         last_version: last_version as u64,

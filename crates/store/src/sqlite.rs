@@ -214,6 +214,12 @@ where
     result
 }
 
+/// Runs a parameterless statement through the statement cache: savepoints are
+/// issued twice per write, so parsing them each time would show.
+fn run_cached(conn: &Mutex<Connection>, sql: &str) -> rusqlite::Result<()> {
+    conn.lock().prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 fn writer_loop(conn: Mutex<Connection>, rx: mpsc::Receiver<Box<dyn Job>>, counters: &Counters) {
     use std::sync::atomic::Ordering::Relaxed;
     while let Ok(first) = rx.recv() {
@@ -232,17 +238,17 @@ fn writer_loop(conn: Mutex<Connection>, rx: mpsc::Receiver<Box<dyn Job>>, counte
             continue;
         }
         for job in group.iter_mut() {
-            if let Err(e) = conn.lock().execute_batch("SAVEPOINT job") {
+            if let Err(e) = run_cached(&conn, "SAVEPOINT job") {
                 tracing::error!(error = %e, "sqlite savepoint failed");
                 continue;
             }
             let ok = job.run(&conn);
             let end = if ok {
-                "RELEASE job"
+                run_cached(&conn, "RELEASE job")
             } else {
-                "ROLLBACK TO job; RELEASE job"
+                run_cached(&conn, "ROLLBACK TO job").and_then(|_| run_cached(&conn, "RELEASE job"))
             };
-            if let Err(e) = conn.lock().execute_batch(end) {
+            if let Err(e) = end {
                 tracing::error!(error = %e, "sqlite savepoint release failed");
             }
         }
