@@ -1,8 +1,9 @@
-//! JWT verification cost per request: `JwtVerifier::verify` (keys parsed
-//! once and cached, plus this crate's own header, kid, claim and time
-//! checks) against two peers run in the same process: `jsonwebtoken::decode`
-//! with a key parsed once (the floor), and `jsonwebtoken::decode` with the
-//! key parsed from PEM on every request (what code without a key cache does).
+//! JWT verification cost per request: `JwtVerifier::verify` with keys parsed
+//! once and cached (plus this crate's own header, kid, claim and time
+//! checks), and with a verified-token cache hit, against two peers run in the
+//! same process: `jsonwebtoken::decode` with a key parsed once, and
+//! `jsonwebtoken::decode` with the key parsed from PEM on every request
+//! (what code without a key cache does).
 //!
 //! Run: cargo bench -p trellis-auth --bench jwt_verify -- --warm-up-time 1 --measurement-time 3
 
@@ -99,6 +100,17 @@ fn bench(c: &mut Criterion) {
             .unwrap();
         let verifier = authenticator.jwt().unwrap();
         assert!(runtime.block_on(verifier.verify(&case.token)).is_ok());
+        assert_eq!(verifier.cached_tokens(), 1);
+        let uncached_text = case
+            .config
+            .replace("[jwt]\n", "[jwt]\ntoken_cache_size = 0\n");
+        let uncached_config: AuthConfig = toml::from_str(&uncached_text).unwrap();
+        let uncached_authenticator = runtime
+            .block_on(Authenticator::from_config(&uncached_config))
+            .unwrap();
+        let uncached = uncached_authenticator.jwt().unwrap();
+        assert!(runtime.block_on(uncached.verify(&case.token)).is_ok());
+        assert_eq!(uncached.cached_tokens(), 0);
 
         let mut validation = Validation::new(case.alg);
         validation.set_issuer(&["https://id.example.test/"]);
@@ -107,7 +119,15 @@ fn bench(c: &mut Criterion) {
         jsonwebtoken::decode::<Map<String, Value>>(&case.token, &cached, &validation).unwrap();
 
         group.bench_with_input(
-            BenchmarkId::new("trellis_cached", case.name),
+            BenchmarkId::new("trellis_keys_cached", case.name),
+            &case.token,
+            |b, token| {
+                b.to_async(&runtime)
+                    .iter(|| async { black_box(uncached.verify(black_box(token)).await.unwrap()) })
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("trellis_token_cache_hit", case.name),
             &case.token,
             |b, token| {
                 b.to_async(&runtime)

@@ -174,6 +174,9 @@ async fn jwks_file_is_reloaded_on_its_interval() {
     let auth = authenticator(&config).await;
     let verifier = auth.jwt().unwrap();
     assert_eq!(verifier.jwks_status()[0].fetches, 1);
+    let old = rsa_token("rsa-1");
+    assert_eq!(through_auth(&auth, bearer(&old)).await.0.status, 200);
+    assert_eq!(verifier.cached_tokens(), 1);
 
     file.write(&jwks(&[("rsa-2", &rsa2_key(), Algorithm::RS256)]));
     let rotated = token(Algorithm::RS256, Some("rsa-2"), &rsa2_key(), &claims());
@@ -189,8 +192,9 @@ async fn jwks_file_is_reloaded_on_its_interval() {
     assert_eq!(status.keys, 1);
     let (answer, _) = through_auth(&auth, bearer(&rotated)).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
-    let (answer, upstream) = through_auth(&auth, bearer(&rsa_token("rsa-1"))).await;
-    assert_refused(&answer, &upstream, "invalid_token"); // rsa-1 was rotated out
+    // rsa-1 was rotated out: its verified token must not live on in the cache.
+    let (answer, upstream) = through_auth(&auth, bearer(&old)).await;
+    assert_refused(&answer, &upstream, "invalid_token");
 }
 
 /// Lets the background reloader (whose file read runs on the blocking pool)
