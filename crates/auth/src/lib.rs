@@ -89,6 +89,12 @@
 //! | `from_cookie` | — | also read the token from this cookie |
 //! | `from_query` | — | also read the token from this query parameter |
 //! | `hide_credentials` | `false` | remove the token from the request before forwarding |
+//! | `token_cache_size` | `10000` | verified tokens remembered so a repeated token skips the signature check; `0` turns it off |
+//! | `token_cache_ttl` | `"60s"` | how long a verified token is remembered |
+//!
+//! The token cache keeps only signature verdicts (keyed by the token's
+//! SHA-256): `exp`, `nbf` and required claims are checked on every request,
+//! and every successful JWKS reload empties it.
 //!
 //! A token is read from `Authorization: Bearer <token>` first. Its header's
 //! `jku`, `x5u` and `jwk` are ignored (keys never come from the token), and a

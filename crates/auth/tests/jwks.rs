@@ -174,6 +174,9 @@ async fn jwks_file_is_reloaded_on_its_interval() {
     let auth = authenticator(&config).await;
     let verifier = auth.jwt().unwrap();
     assert_eq!(verifier.jwks_status()[0].fetches, 1);
+    let old = rsa_token("rsa-1");
+    assert_eq!(through_auth(&auth, bearer(&old)).await.0.status, 200);
+    assert_eq!(verifier.cached_tokens(), 1);
 
     file.write(&jwks(&[("rsa-2", &rsa2_key(), Algorithm::RS256)]));
     let rotated = token(Algorithm::RS256, Some("rsa-2"), &rsa2_key(), &claims());
@@ -183,19 +186,71 @@ async fn jwks_file_is_reloaded_on_its_interval() {
     assert_eq!(verifier.jwks_status()[0].fetches, 1);
 
     tokio::time::advance(Duration::from_secs(61)).await;
-    for _ in 0..200 {
-        if verifier.jwks_status()[0].fetches >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_fetches(verifier, 2).await;
     let status = &verifier.jwks_status()[0];
     assert_eq!(status.fetches, 2, "the background reload ran once");
     assert_eq!(status.keys, 1);
     let (answer, _) = through_auth(&auth, bearer(&rotated)).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
-    let (answer, upstream) = through_auth(&auth, bearer(&rsa_token("rsa-1"))).await;
-    assert_refused(&answer, &upstream, "invalid_token"); // rsa-1 was rotated out
+    // rsa-1 was rotated out: its verified token must not live on in the cache.
+    let (answer, upstream) = through_auth(&auth, bearer(&old)).await;
+    assert_refused(&answer, &upstream, "invalid_token");
+}
+
+/// Lets the background reloader (whose file read runs on the blocking pool)
+/// finish, moving the paused clock by at most a few milliseconds.
+async fn wait_for_fetches(verifier: &trellis_auth::JwtVerifier, fetches: u64) {
+    for _ in 0..200 {
+        if verifier.jwks_status()[0].fetches >= fetches {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_reloads_are_retried_sooner_with_backoff() {
+    let file = TempJwks::new(&jwks(&[("rsa-1", &rsa_key(), Algorithm::RS256)]));
+    let config = jwks_config(
+        &format!("jwks_file = {:?}", file.path()),
+        r#", refresh_interval = "10m", min_refresh_interval = "10s""#,
+    );
+    let auth = authenticator(&config).await;
+    let verifier = auth.jwt().unwrap();
+    file.write("{ broken");
+
+    // (advance by, fetches after, consecutive failures after)
+    let steps = [(601, 2, 1), (11, 3, 2), (21, 4, 3)];
+    for (seconds, fetches, failures) in steps {
+        tokio::time::advance(Duration::from_secs(seconds)).await;
+        wait_for_fetches(verifier, fetches).await;
+        let status = &verifier.jwks_status()[0];
+        assert_eq!(
+            (status.fetches, status.consecutive_failures),
+            (fetches, failures)
+        );
+        // The last good key keeps working throughout.
+        assert_eq!(
+            through_auth(&auth, bearer(&rsa_token("rsa-1")))
+                .await
+                .0
+                .status,
+            200
+        );
+    }
+    // The next retry is 40 s out, not sooner.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    wait_for_fetches(verifier, 5).await;
+    assert_eq!(verifier.jwks_status()[0].fetches, 4);
+
+    file.write(&jwks(&[("rsa-2", &rsa2_key(), Algorithm::RS256)]));
+    tokio::time::advance(Duration::from_secs(11)).await;
+    wait_for_fetches(verifier, 5).await;
+    let status = &verifier.jwks_status()[0];
+    assert_eq!(
+        (status.fetches, status.consecutive_failures, status.keys),
+        (5, 0, 1)
+    );
 }
 
 #[tokio::test(start_paused = true)]

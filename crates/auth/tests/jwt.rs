@@ -412,3 +412,32 @@ async fn token_from_cookie_or_query_when_configured() {
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(upstream.last_uri(), "/orders?page=2");
 }
+
+#[tokio::test]
+async fn verified_tokens_are_cached_but_times_are_checked_on_every_request() {
+    let (clock, now) = test_clock();
+    let auth = Arc::new(
+        Authenticator::from_config(&auth_config(&hs_config()))
+            .await
+            .unwrap()
+            .with_clock(clock),
+    );
+    let verifier = auth.jwt().unwrap();
+    let jwt = token(Algorithm::HS256, None, &hs_key(), &claims());
+    for _ in 0..3 {
+        assert_eq!(through_auth(&auth, bearer(&jwt)).await.0.status, 200);
+    }
+    assert_eq!(verifier.cached_tokens(), 1);
+    // A tampered copy is not a cache hit.
+    let tampered = format!("{}x", jwt);
+    let (answer, upstream) = through_auth(&auth, bearer(&tampered)).await;
+    assert_refused(&answer, &upstream, "invalid_token");
+    // The cached token expires on time.
+    now.store(NOW + 330, Ordering::SeqCst);
+    let (answer, upstream) = through_auth(&auth, bearer(&jwt)).await;
+    assert_refused(&answer, &upstream, "token_expired");
+
+    let auth = authenticator(&hs_config().replace("leeway", "token_cache_size = 0\nleeway")).await;
+    assert_eq!(through_auth(&auth, bearer(&jwt)).await.0.status, 200);
+    assert_eq!(auth.jwt().unwrap().cached_tokens(), 0);
+}

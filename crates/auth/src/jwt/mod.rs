@@ -3,6 +3,7 @@
 //! verifier that checks signature, algorithm, issuer, audience, times and
 //! required claims.
 
+mod cache;
 mod jwks;
 mod keys;
 mod verify;
@@ -58,6 +59,21 @@ pub struct JwtConfig {
     /// Remove the token from the request before it is forwarded upstream.
     #[serde(default)]
     pub hide_credentials: bool,
+    /// How many verified tokens to remember, so a repeated token skips the
+    /// signature check (times and claims are still checked). 0 turns it off.
+    #[serde(default = "default_token_cache_size")]
+    pub token_cache_size: usize,
+    /// How long a verified token is remembered.
+    #[serde(default = "default_token_cache_ttl", with = "duration")]
+    pub token_cache_ttl: Duration,
+}
+
+fn default_token_cache_size() -> usize {
+    10_000
+}
+
+fn default_token_cache_ttl() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// One source of verification keys. Set exactly one of `secret`,
@@ -153,6 +169,12 @@ impl JwtConfig {
             if claim.is_empty() {
                 errors.push(format!("required_claims[{i}]"), "must not be empty");
             }
+        }
+        if self.token_cache_size > 0 && self.token_cache_ttl < Duration::from_secs(1) {
+            errors.push(
+                "token_cache_ttl",
+                "must be at least 1s (or set token_cache_size = 0)",
+            );
         }
         if self.subject_claim.is_empty() {
             errors.push("subject_claim", "must not be empty");

@@ -3,6 +3,7 @@
 //! issuer, audience, `exp`/`nbf` against an injectable clock, and required
 //! claims.
 
+use super::cache::TokenCache;
 use super::jwks::{JwksLocation, JwksSource};
 use super::keys::{load_single_key, VerificationKey};
 use super::{
@@ -87,7 +88,16 @@ pub struct JwtVerifier {
     pub(crate) from_cookie: Option<String>,
     pub(crate) from_query: Option<String>,
     pub(crate) hide_credentials: bool,
+    cache: Option<TokenCache>,
     clock: UnixClock,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Deserialize)]
@@ -201,6 +211,9 @@ impl JwtVerifier {
             from_cookie: config.from_cookie.clone(),
             from_query: config.from_query.clone(),
             hide_credentials: config.hide_credentials,
+            cache: (config.token_cache_size > 0).then(|| {
+                TokenCache::new(config.token_cache_size, config.token_cache_ttl.as_secs())
+            }),
             clock: UnixClock::system(),
         })
     }
@@ -226,11 +239,51 @@ impl JwtVerifier {
         results
     }
 
+    /// How many verified tokens are cached now.
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.as_ref().map_or(0, TokenCache::len)
+    }
+
+    /// Changes whenever any JWKS source loads a new key set.
+    fn key_generation(&self) -> u64 {
+        self.jwks
+            .iter()
+            .map(|s| s.generation())
+            .fold(0, u64::wrapping_add)
+    }
+
     /// Verifies a compact JWS token and its claims.
     pub async fn verify(&self, token: &str) -> Result<VerifiedToken, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::MalformedToken);
         }
+        let Some(cache) = &self.cache else {
+            return self.verify_uncached(token).await;
+        };
+        // Read before verifying, so a reload racing with us invalidates our entry.
+        let generation = self.key_generation();
+        let key = TokenCache::key(token);
+        if let Some(hit) = cache.get(&key, self.clock.now(), generation) {
+            self.check_claims(&hit.claims)?;
+            return Ok(VerifiedToken {
+                claims: hit.claims,
+                kid: hit.kid,
+                algorithm: hit.algorithm,
+            });
+        }
+        let verified = self.verify_uncached(token).await?;
+        cache.insert(
+            key,
+            verified.claims.clone(),
+            verified.kid.clone(),
+            verified.algorithm,
+            self.clock.now(),
+            generation,
+        );
+        Ok(verified)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<VerifiedToken, AuthError> {
         let header = parse_header(token)?;
         if header.alg.eq_ignore_ascii_case("none") {
             return Err(AuthError::UnsignedToken);
