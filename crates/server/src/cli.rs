@@ -32,6 +32,22 @@ pub enum Command {
     Check(CheckArgs),
     /// Show a running node's version, phase and readiness (exit 0 when ready).
     Status(StatusArgs),
+    /// Make credentials for the gateway's `auth` sections.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+/// `trellis auth …`: credentials for route auth, printed for the config.
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Hash an API key (read from stdin, so it stays out of shell history)
+    /// into the `sha256:<hex>` form `api_keys.keys[].hash` takes.
+    HashKey,
+    /// Generate a new API key: prints the key (give it to the client) and
+    /// its hash (put it in the config).
+    GenKey,
+    /// Generate a random HMAC secret for HS256 JWT keys.
+    GenSecret,
 }
 
 /// `trellis up`.
@@ -79,7 +95,33 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => check(&args.config),
         Command::Up(args) => up(args.config.as_deref()),
         Command::Status(args) => status(args),
+        Command::Auth(command) => auth(command),
     }
+}
+
+fn auth(command: AuthCommand) -> ExitCode {
+    match command {
+        AuthCommand::HashKey => {
+            let mut key = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut key) {
+                eprintln!("trellis auth hash-key: cannot read the key from stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            let key = key.trim_end_matches(['\r', '\n']);
+            if key.is_empty() {
+                eprintln!("trellis auth hash-key: no key on stdin (usage: echo -n KEY | trellis auth hash-key)");
+                return ExitCode::FAILURE;
+            }
+            println!("{}", trellis_auth::hash_api_key(key));
+        }
+        AuthCommand::GenKey => {
+            let key = trellis_auth::generate_api_key();
+            println!("key:  {}", key.plaintext);
+            println!("hash: {}", key.hash);
+        }
+        AuthCommand::GenSecret => println!("{}", trellis_auth::generate_hmac_secret()),
+    }
+    ExitCode::SUCCESS
 }
 
 fn load_or_default(path: Option<&Path>) -> Result<Config, ExitCode> {

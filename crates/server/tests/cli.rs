@@ -155,3 +155,46 @@ fn check_names_a_missing_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).starts_with("/nonexistent/trellis.toml: cannot read config"));
 }
+
+#[test]
+fn auth_hash_key_reads_stdin_and_matches_gen_key() {
+    use std::io::Write;
+    let generated = common::run(&["auth", "gen-key"]);
+    assert!(generated.status.success());
+    let out = common::text(&generated.stdout);
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("key:"))
+        .map(str::trim)
+        .expect("a key line");
+    let hash = out
+        .lines()
+        .find_map(|l| l.strip_prefix("hash:"))
+        .map(str::trim)
+        .expect("a hash line");
+    assert!(hash.starts_with("sha256:"), "{hash}");
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args(["auth", "hash-key"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{key}\n").as_bytes())
+        .unwrap();
+    let hashed = child.wait_with_output().unwrap();
+    assert!(hashed.status.success());
+    assert_eq!(common::text(&hashed.stdout).trim(), hash);
+
+    let empty = std::process::Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args(["auth", "hash-key"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!empty.status.success());
+    assert!(common::text(&empty.stderr).contains("no key on stdin"));
+}

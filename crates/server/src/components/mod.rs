@@ -4,4 +4,5 @@
 //! component's own crate.
 
 pub mod events;
+pub mod gateway;
 pub mod store;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Metric, Registry};
 
@@ -14,6 +14,9 @@ use prometheus_client::registry::{Metric, Registry};
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
+    /// Registries a component built itself (its metric names already
+    /// carry their full `trellis_…` prefix), rendered after the main one.
+    attached: Arc<Mutex<Vec<Registry>>>,
 }
 
 impl fmt::Debug for Metrics {
@@ -40,6 +43,7 @@ impl Metrics {
         );
         Metrics {
             registry: Arc::new(Mutex::new(registry)),
+            attached: Arc::default(),
         }
     }
 
@@ -62,10 +66,21 @@ impl Metrics {
         self.registry.lock().register_collector(Box::new(collector));
     }
 
-    /// Renders the registry in the Prometheus / OpenMetrics text format.
+    /// Adds a registry that a component filled while starting (one that
+    /// must hold `&mut Registry` across an `.await`, like the gateway, cannot
+    /// borrow the shared one). Its names must not collide with others'.
+    pub fn attach(&self, registry: Registry) {
+        self.attached.lock().push(registry);
+    }
+
+    /// Renders every registry in the Prometheus / OpenMetrics text format.
     pub fn encode(&self) -> Result<String, fmt::Error> {
         let mut out = String::new();
-        encode(&mut out, &self.registry.lock())?;
+        encode_registry(&mut out, &self.registry.lock())?;
+        for registry in self.attached.lock().iter() {
+            encode_registry(&mut out, registry)?;
+        }
+        encode_eof(&mut out)?;
         Ok(out)
     }
 }

@@ -77,6 +77,7 @@ impl NodeOptions {
 async fn start_components(w: &mut Wiring<'_>) -> anyhow::Result<()> {
     let store = components::store::open(w.config).await?;
     components::events::start(w, &store).await?;
+    components::gateway::start(w).await?;
     Ok(())
 }
 
