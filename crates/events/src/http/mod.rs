@@ -1,5 +1,5 @@
 //! The event store's REST API, for the control port: append, read, metadata,
-//! delete, snapshots and Server-Sent-Events subscriptions. Errors are RFC 9457
+//! delete, snapshots, and Server-Sent-Events and WebSocket subscriptions. Errors are RFC 9457
 //! problem details (see [`problem`]).
 //!
 //! | method and path | what it does |
@@ -11,12 +11,14 @@
 //! | `DELETE /streams/{name}?mode=soft\|tombstone` | delete (`ES-ExpectedVersion` honoured) |
 //! | `GET`/`PUT /streams/{name}/snapshot` | latest snapshot |
 //! | `GET /streams/{name}/subscribe`, `GET /categories/{c}/subscribe` | SSE, catch-up then live; resumes from `Last-Event-ID` |
+//! | `GET /streams/{name}/ws`, `GET /categories/{c}/ws` | WebSocket, catch-up then live, one JSON text frame per event; resumes with `after` (see [`ws`]) |
 //!
 //! With [`router_for`], a `Trellis-Namespace-Token` header selects the namespace.
 
 pub mod openapi;
 pub mod problem;
 pub mod tenant;
+pub mod ws;
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -74,6 +76,8 @@ pub fn router_for(stores: EventStores) -> Router {
         .route("/streams/{name}/subscribe", get(subscribe_stream))
         .route("/categories/{category}", get(read_category))
         .route("/categories/{category}/subscribe", get(subscribe_category))
+        .route("/streams/{name}/ws", get(ws::ws_stream))
+        .route("/categories/{category}/ws", get(ws::ws_category))
         .fallback(|| async {
             Problem::new(
                 StatusCode::NOT_FOUND,

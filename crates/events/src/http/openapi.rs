@@ -19,6 +19,12 @@ pub fn openapi(prefix: &str) -> Value {
     ]);
     let events_page = json!({"description": "events", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventPage"}}}});
     let sse = json!({"description": "text/event-stream: `id` is the position, `event` the event type, `data` the event", "content": {"text/event-stream": {}}});
+    let ws_params = json!([
+        {"name": "from", "in": "query", "schema": {"type": "string"}, "description": "first position, inclusive; `start` (default) or `end` (only new events)"},
+        {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "resume after this position (the last one the client received); excludes `from`"},
+        {"name": "type", "in": "query", "schema": {"type": "string"}, "description": "event types to keep, comma-separated or repeated"}
+    ]);
+    let ws = json!({"description": "switching to the WebSocket protocol; each text frame is a RecordedEvent"});
     let with = |base: &Value, extra: &[Value]| {
         let mut v = base.as_array().cloned().unwrap_or_default();
         v.extend(extra.iter().cloned());
@@ -52,9 +58,11 @@ pub fn openapi(prefix: &str) -> Value {
                 "get": {"summary": "Latest snapshot", "parameters": [name], "responses": {"200": {"description": "snapshot"}, "404": problem}},
                 "put": {"summary": "Store a snapshot taken at a version", "parameters": [name], "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["version", "data"], "properties": {"version": {"type": "integer"}, "data": {}}}}}}, "responses": {"204": {"description": "stored"}, "404": problem, "422": problem}}
             },
-            p("/streams/{name}/subscribe"): {"get": {"summary": "Catch-up then live subscription (SSE) to a stream or `$all`; resumes after `Last-Event-ID`", "parameters": with(&read_params, &[name]), "responses": {"200": sse}}},
+            p("/streams/{name}/subscribe"): {"get": {"summary": "Catch-up then live subscription (SSE) to a stream or `$all`; resumes after `Last-Event-ID`", "parameters": with(&read_params, std::slice::from_ref(&name)), "responses": {"200": sse}}},
+            p("/streams/{name}/ws"): {"get": {"summary": "Catch-up then live subscription over WebSocket to a stream or `$all`: one JSON text frame per event (a RecordedEvent); the server pings every 15 s and closes with 1008 a client that stops reading", "parameters": with(&ws_params, std::slice::from_ref(&name)), "responses": {"101": ws, "400": problem, "404": problem}}},
             p("/categories/{category}"): {"get": {"summary": "Read a category (`order` for streams `order-…`) by position", "parameters": with(&read_params, std::slice::from_ref(&category)), "responses": {"200": events_page, "400": problem}}},
-            p("/categories/{category}/subscribe"): {"get": {"summary": "Catch-up then live subscription (SSE) to a category", "parameters": with(&read_params, &[category]), "responses": {"200": sse}}}
+            p("/categories/{category}/subscribe"): {"get": {"summary": "Catch-up then live subscription (SSE) to a category", "parameters": with(&read_params, std::slice::from_ref(&category)), "responses": {"200": sse}}},
+            p("/categories/{category}/ws"): {"get": {"summary": "Catch-up then live subscription over WebSocket to a category", "parameters": with(&ws_params, &[category]), "responses": {"101": ws, "400": problem}}}
         },
         "components": {"schemas": {
             "EventData": {"type": "object", "required": ["eventId", "eventType", "data"], "additionalProperties": false, "properties": {
@@ -83,6 +91,8 @@ mod tests {
             "/streams/{name}/subscribe",
             "/categories/{category}",
             "/categories/{category}/subscribe",
+            "/streams/{name}/ws",
+            "/categories/{category}/ws",
         ] {
             assert!(paths.contains_key(&format!("/v1/events{p}")), "{p}");
         }
