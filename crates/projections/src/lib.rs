@@ -59,7 +59,7 @@ pub use error::ProjectionError;
 pub use query::{Document, DocumentPage, DocumentQuery, SortBy};
 pub use repo::{Fault, RunState};
 pub use runner::RunnerOptions;
-pub use script::{Script, ScriptError, ScriptLimits};
+pub use script::{Outcome, Script, ScriptError, ScriptLimits};
 
 use runner::{now_ms, Command, Live, Runner, Shared};
 
