@@ -51,7 +51,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
-use trellis_events::{Direction, EventStore, ReadAll, ReadStream};
+use trellis_events::{Direction, EventStore, ReadAll, ReadError, ReadStream};
 use trellis_store::Namespace;
 
 pub use definition::{validate_name, ProjectionDefinition, Source};
@@ -394,7 +394,12 @@ impl Projections {
                     },
                 )
                 .await
-                .map(|slice| slice.events.first().map(|e| e.position)),
+                .map(|slice| slice.events.first().map(|e| e.position))
+                .or_else(|e| match e {
+                    // Nothing written to the stream yet: nothing to wait for.
+                    ReadError::StreamNotFound { .. } => Ok(None),
+                    other => Err(other),
+                }),
         };
         // When in doubt (a deleted stream, a read error) report the lag.
         newest.map_or(true, |p| p.is_some_and(|p| p > position))

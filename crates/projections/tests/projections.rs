@@ -446,4 +446,18 @@ async fn category_source_and_type_filter_limit_what_is_folded(f: &mut Fixture) {
         status.lag, 0,
         "only non-matching events lie after the checkpoint"
     );
+    f.projections
+        .create(ProjectionDefinition::new(
+            "ghost",
+            Source::Stream("ghost-1".into()),
+            script,
+        ))
+        .await
+        .unwrap();
+    let status = f.projections.status("ghost").await.unwrap();
+    assert_eq!(
+        (status.position, status.lag),
+        (0, 0),
+        "a stream never written has nothing to wait for"
+    );
 }
