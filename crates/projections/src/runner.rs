@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use parking_lot::Mutex;
 use rhai::Dynamic;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -108,6 +108,15 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Stops the read-ahead task when the runner re-subscribes or stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 enum Step {
     Continue,
     Restart,
@@ -150,7 +159,19 @@ impl Runner {
             opts.types = definition.event_types.clone();
             opts.page_size = self.options.batch_size;
             opts.poll_interval = self.options.poll_interval;
-            let mut sub = Box::pin(self.events.subscribe(opts));
+            // The subscription reads ahead on its own task, so reading the next
+            // page overlaps folding and committing this one.
+            let (ahead, mut sub) = mpsc::channel(self.options.batch_size.max(1) * 2);
+            let events = self.events.subscribe(opts);
+            let _reader = AbortOnDrop(tokio::spawn(async move {
+                let mut events = Box::pin(events);
+                while let Some(item) = events.next().await {
+                    let failed = item.is_err();
+                    if ahead.send(item).await.is_err() || failed {
+                        break;
+                    }
+                }
+            }));
             loop {
                 tokio::select! {
                     biased;
@@ -162,7 +183,7 @@ impl Runner {
                         },
                         None => return,
                     },
-                    first = sub.next() => {
+                    first = sub.recv() => {
                         let mut batch = Vec::new();
                         let mut failed = None;
                         match first {
@@ -171,10 +192,10 @@ impl Runner {
                             None => return,
                         }
                         while failed.is_none() && batch.len() < self.options.batch_size {
-                            match sub.next().now_or_never() {
-                                Some(Some(Ok(e))) => batch.push(e),
-                                Some(Some(Err(e))) => failed = Some(e.to_string()),
-                                _ => break,
+                            match sub.try_recv() {
+                                Ok(Ok(e)) => batch.push(e),
+                                Ok(Err(e)) => failed = Some(e.to_string()),
+                                Err(_) => break,
                             }
                         }
                         let result = if batch.is_empty() {
