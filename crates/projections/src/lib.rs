@@ -14,13 +14,14 @@
 //!   its API): `id(event)` picks the document, a handler per event type folds
 //!   the event into it and returns the new document or `()` to delete it.
 //!   Rhai was chosen over JavaScript on QuickJS (`rquickjs`) by the benchmark
-//!   in `docs/benchmarks/projections.md`: folding the same events, Rhai was
-//!   at least as fast end to end because QuickJS pays for marshalling every
-//!   event into and out of a separate JS heap, and Rhai sandboxes by
-//!   construction — pure Rust, no file, network, module or clock access to
-//!   take away, a deterministic operation budget per call (a CPU limit that
-//!   does not depend on machine load) and size limits on strings, arrays and
-//!   maps checked recursively (a memory limit) — with no C code to build.
+//!   in `docs/benchmarks/projections.md`: folding the same order events, with
+//!   JSON in and out and equivalent sandbox limits, Rhai ran about 1.6× as
+//!   fast (QuickJS pays for carrying every event into and out of a separate
+//!   JS heap). Rhai also sandboxes by construction — pure Rust with no C to
+//!   build, no file, network, module or clock access to take away, a
+//!   deterministic operation budget per call (a CPU limit that does not
+//!   depend on machine load) and size limits on strings, arrays and maps
+//!   checked recursively (a memory limit).
 //! - **Exactly once into the read model.** Each batch's document writes and
 //!   the projection's checkpoint commit in one store transaction, the
 //!   checkpoint moved by compare-and-set; a failed or raced batch is dropped
