@@ -13,7 +13,12 @@
 //!   parked list *in the same transaction* that moves the checkpoint past it,
 //!   so it is never both lost and skipped; delivery goes on with the next
 //!   event. [`PersistentSubscriptions::replay_parked`] delivers parked events
-//!   again (oldest first) and removes those that are acknowledged.
+//!   again (oldest first) and removes those that are acknowledged. A parked
+//!   event is by nature out of order: later events of its stream were
+//!   delivered before its replay (as with EventStoreDB's parked messages).
+//! - **Retry policy**: `min_backoff · 2^(attempt-1)` capped at `max_backoff`,
+//!   a per-attempt timeout, and `maxAttempts` tries; a stop request (delete,
+//!   shutdown) interrupts a backoff at once.
 //! - Definitions and checkpoints live in the store, so a restart resumes.
 //! - REST API: [`api::router`].
 
