@@ -1,5 +1,5 @@
 //! Persistent subscriptions: the server keeps the checkpoint and pushes
-//! events to an HTTP endpoint — **competing-consumer-free push delivery** with
+//! events to an HTTP endpoint — **push delivery** with
 //! **retry with exponential backoff** and a **dead-letter** (parked) list, as
 //! EventStoreDB's persistent subscriptions and webhooks do.
 //!
