@@ -235,6 +235,29 @@ async fn rest_api_creates_controls_and_queries_projections() {
         (s, &body["code"]),
         (StatusCode::NOT_FOUND, &json!("document_not_found"))
     );
+    let (s, _, body) = call(
+        &app,
+        "PUT",
+        "/projections/greetings/script",
+        Some(json!({"script": "fn Hi(doc, e) {"})),
+    )
+    .await;
+    assert_eq!(
+        (s, &body["code"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid_script"))
+    );
+    let (s, _, body) = call(
+        &app,
+        "PUT",
+        "/projections/greetings/script",
+        Some(json!({"script": "fn Hi(doc, e) { #{ last: e.data.who } }"})),
+    )
+    .await;
+    assert_eq!((s, &body["state"]), (StatusCode::OK, &json!("running")));
+    assert_eq!(
+        f.projections.definition("greetings").unwrap().script,
+        "fn Hi(doc, e) { #{ last: e.data.who } }"
+    );
     let (s, _, _) = call(&app, "DELETE", "/projections/greetings", None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _, _) = call(&app, "GET", "/projections/greetings", None).await;
