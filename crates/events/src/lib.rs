@@ -48,6 +48,7 @@ pub mod append;
 pub mod error;
 pub mod http;
 mod manage;
+pub mod persistent;
 pub mod read;
 mod schema;
 pub mod subscribe;
