@@ -32,6 +32,8 @@ pub struct MemoryStoreConfig {
     /// Keys held at most (at least 1), split evenly over the shards.
     pub max_keys: usize,
     /// Independent maps; more shards, less contention between threads.
+    /// An upper bound: a small store uses fewer, each with room for at
+    /// least 64 keys.
     pub shards: usize,
     /// How often each shard forgets its idle keys.
     pub sweep_interval: Duration,
@@ -122,9 +124,10 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryStore<K, C> {
         if config.shards == 0 {
             return Err(MemoryStoreError::ZeroShards);
         }
-        // Never more shards than keys, so the per-shard bound is at least 1
-        // and the total never exceeds `max_keys`.
-        let shards = config.shards.min(config.max_keys);
+        // At least 64 keys a shard (unless `max_keys` is smaller), so a small
+        // bound is not split into shards so small that hash skew fills one
+        // early. The total never exceeds `max_keys`.
+        let shards = config.shards.min(config.max_keys / 64).max(1);
         let sweep_ns = u64::try_from(config.sweep_interval.as_nanos()).unwrap_or(u64::MAX);
         Ok(MemoryStore {
             shards: (0..shards)
