@@ -126,7 +126,8 @@ mod http_classify {
                     StatusCode::BAD_GATEWAY
                         | StatusCode::SERVICE_UNAVAILABLE
                         | StatusCode::GATEWAY_TIMEOUT
-                ) || (self.retry_500 && status == StatusCode::INTERNAL_SERVER_ERROR);
+                ) || (self.retry_500
+                    && status == StatusCode::INTERNAL_SERVER_ERROR);
                 return Outcome {
                     failure: true,
                     retryable,
@@ -236,7 +237,13 @@ mod http_classify {
             let past = response(503, Some("Sun, 06 Nov 1994 08:49:37 GMT"));
             let o = HttpClassifier::default().classify(&past);
             assert_eq!(o.retry_after, Some(Duration::ZERO));
-            for junk in ["soon", "-1", "Sun, 06 Nov 1994 08:49:37 UTC", "", "99999999999999999999"] {
+            for junk in [
+                "soon",
+                "-1",
+                "Sun, 06 Nov 1994 08:49:37 UTC",
+                "",
+                "99999999999999999999",
+            ] {
                 let o = HttpClassifier::default().classify(&response(503, Some(junk)));
                 assert_eq!(o.retry_after, None, "{junk:?}");
             }

@@ -1,5 +1,7 @@
-use crate::{breaker::BreakerOpen, bulkhead::BulkheadFull, ratelimit::RateLimited, timeout::Elapsed};
 use crate::BoxError;
+use crate::{
+    breaker::BreakerOpen, bulkhead::BulkheadFull, ratelimit::RateLimited, timeout::Elapsed,
+};
 use std::time::Duration;
 
 /// Which pattern refused a call, found in a [`BoxError`] however deeply the

@@ -1,3 +1,5 @@
-fn main() {
-    println!("trellis");
+//! The `trellis` executable; everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    trellis::cli::main()
 }

@@ -1,0 +1,179 @@
+//! The Trellis HTTP data plane: an **API gateway** and reverse proxy on hyper
+//! and tower, and the ground the **backend-for-frontend** (a listener or route
+//! set per frontend), **sidecar** and **sharding** (consistent hashing)
+//! patterns stand on.
+//!
+//! - [`config`]: listeners, routes and upstreams, with validation that names
+//!   the key at fault, and the documented route precedence.
+//! - [`Gateway::start`] binds the listeners and serves; the returned
+//!   [`GatewayHandle`] hot-reloads a new config atomically and drains
+//!   gracefully on shutdown.
+//! - [`upstream`]: endpoint sets that change while serving, load balancing
+//!   (round robin, smooth weighted, power of two choices on outstanding
+//!   requests or EWMA latency, consistent hashing), active health checks and
+//!   passive outlier detection.
+//! - Proxying per RFC 9110: hop-by-hop headers removed, `X-Forwarded-*`,
+//!   `Forwarded`, `X-Request-Id` and `traceparent` set, bodies streamed
+//!   (SSE, gRPC, WebSocket upgrades), limits against hostile clients, and the
+//!   gateway's own errors as RFC 9457 problem details or gRPC statuses.
+//! - Access log on the tracing target `trellis::access`; Prometheus metrics
+//!   under `trellis_gateway_*`.
+
+pub mod body;
+pub mod config;
+mod listener;
+pub mod metrics;
+mod policy;
+pub mod proxy;
+mod route;
+mod runtime;
+mod tls;
+pub mod upstream;
+
+pub use config::GatewayConfig;
+pub use proxy::GatewayError;
+pub use tls::TlsError;
+
+use arc_swap::ArcSwap;
+use metrics::Metrics;
+use runtime::Runtime;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use upstream::Upstream;
+
+/// Why the gateway could not start or a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid gateway config: {0}")]
+    Invalid(#[from] config::ConfigErrors),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("listener {listener}: cannot bind {address}: {source}")]
+    Bind {
+        listener: String,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the gateway must be started inside a tokio runtime")]
+    NoRuntime,
+    #[error("listeners cannot be added, removed, renamed or rebound by a reload: {0}")]
+    ListenersChanged(String),
+    #[error("internal error compiling the config: {0}")]
+    Internal(String),
+}
+
+/// The gateway data plane.
+pub struct Gateway;
+
+impl Gateway {
+    /// Validates `config`, binds every listener and starts serving, with the
+    /// metrics registered in `registry`. Must be called inside a tokio runtime.
+    pub async fn start(
+        config: GatewayConfig,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Result<GatewayHandle, StartError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
+        let metrics = Metrics::register(registry);
+        let runtime = Runtime::build(config, &metrics, None).await?;
+        let mut sockets = Vec::new();
+        for l in &runtime.config.listeners {
+            let bind_err = |source| StartError::Bind {
+                listener: l.name.clone(),
+                address: l.bind,
+                source,
+            };
+            let std = std::net::TcpListener::bind(l.bind).map_err(bind_err)?;
+            std.set_nonblocking(true).map_err(bind_err)?;
+            let addr = std.local_addr().map_err(bind_err)?;
+            let socket = {
+                let _guard = handle.enter();
+                tokio::net::TcpListener::from_std(std).map_err(bind_err)?
+            };
+            sockets.push((l.name.clone(), addr, socket));
+        }
+        let shared = Arc::new(ArcSwap::from_pointee(runtime));
+        let (stop, stop_rx) = watch::channel(None);
+        let mut tasks = Vec::new();
+        let mut addrs = Vec::new();
+        for (index, (name, addr, socket)) in sockets.into_iter().enumerate() {
+            tracing::info!(listener = %name, address = %addr, "gateway listening");
+            addrs.push((name, addr));
+            tasks.push(handle.spawn(listener::serve(
+                socket,
+                index,
+                shared.clone(),
+                metrics.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        Ok(GatewayHandle {
+            shared,
+            metrics,
+            stop,
+            tasks: parking_lot::Mutex::new(tasks),
+            addrs,
+        })
+    }
+}
+
+/// A running gateway: reload its config, feed its upstreams, shut it down.
+pub struct GatewayHandle {
+    shared: Arc<ArcSwap<Runtime>>,
+    metrics: Metrics,
+    stop: watch::Sender<Option<Duration>>,
+    tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+    addrs: Vec<(String, SocketAddr)>,
+}
+
+impl GatewayHandle {
+    /// The address a listener is bound to (useful with port 0).
+    pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.addrs
+            .iter()
+            .find(|(n, _)| n == listener)
+            .map(|(_, a)| *a)
+    }
+
+    /// The live upstream called `name`, e.g. to [`Upstream::set_endpoints`]
+    /// from the registry. A reload that changes the upstream's config replaces
+    /// it, so fetch it again after a reload.
+    pub fn upstream(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.shared.load().upstreams.get(name).cloned()
+    }
+
+    /// Swaps in `config` atomically. It is validated and compiled first; on
+    /// any error the running config keeps serving and the error says why.
+    /// Requests already in flight finish on the config they started with.
+    pub async fn reload(&self, config: GatewayConfig) -> Result<(), StartError> {
+        let current = self.shared.load_full();
+        let old: Vec<_> = current
+            .config
+            .listeners
+            .iter()
+            .map(|l| (&l.name, l.bind))
+            .collect();
+        let new: Vec<_> = config.listeners.iter().map(|l| (&l.name, l.bind)).collect();
+        if old != new {
+            return Err(StartError::ListenersChanged(format!(
+                "running {old:?}, new {new:?}"
+            )));
+        }
+        let runtime = Runtime::build(config, &self.metrics, Some(&current)).await?;
+        self.shared.store(Arc::new(runtime));
+        tracing::info!("gateway config reloaded");
+        Ok(())
+    }
+
+    /// Stops accepting connections and waits up to `deadline` for open ones
+    /// to finish their requests; whatever is left then is closed.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let _ = self.stop.send(Some(deadline));
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The request path: route lookup, limits, header hygiene, endpoint choice,
+//! retries and timeouts, streaming both ways, upgrades, and the gateway's own
+//! error responses.
+//!
+//! Each route is served by a [`RouteService`], a `tower::Service` over the
+//! route's compiled state; the resilience layers of `trellis-resilience`
+//! stack on it per route.
+
+mod headers;
+mod problem;
+mod retry;
+mod upgrade;
+
+pub use problem::GatewayError;
+pub(crate) use retry::RetryState;
+
+use crate::body::{Body, BodyError};
+use crate::route::CompiledRoute;
+use crate::runtime::ListenerRuntime;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Who is on the other end of a client connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientConn {
+    pub(crate) peer: SocketAddr,
+    pub(crate) tls: bool,
+}
+
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Serves one client request on a listener.
+pub(crate) async fn handle(
+    listener: &ListenerRuntime,
+    conn: &ClientConn,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let grpc = is_grpc(&req);
+    let request_id = headers::request_id(req.headers_mut());
+    let method = req.method().clone();
+    // The path is copied only when someone listens to the access log.
+    let path_for_log = tracing::enabled!(target: "trellis::access", tracing::Level::INFO)
+        .then(|| req.uri().path().to_owned());
+
+    let outcome = admit(listener, &req).and_then(|()| {
+        listener
+            .table
+            .find(&req)
+            .cloned()
+            .ok_or(GatewayError::NoRoute)
+    });
+    let (response, route) = match outcome {
+        Err(e) => (e.response(grpc, Some(&request_id)), None),
+        Ok(route) => {
+            let resp = match RouteService::serve(&route, listener, conn, req).await {
+                Ok(mut r) => {
+                    r.headers_mut()
+                        .insert(headers::X_REQUEST_ID, request_id.clone());
+                    r
+                }
+                Err(e) => {
+                    route.metrics.error(e.code());
+                    let mut resp = e.response(grpc, Some(&request_id));
+                    if let GatewayError::RateLimited { decision } = e {
+                        decision.write_headers(&route.name, resp.headers_mut());
+                    }
+                    resp
+                }
+            };
+            (resp, Some(route))
+        }
+    };
+    let elapsed = started.elapsed();
+    if let Some(r) = &route {
+        r.metrics.observe(response.status(), elapsed.as_secs_f64());
+    }
+    let Some(path_for_log) = path_for_log else {
+        return response;
+    };
+    tracing::info!(
+        target: "trellis::access",
+        listener = &*listener.name,
+        route = route.as_ref().map(|r| &*r.name),
+        method = %method,
+        path = %path_for_log,
+        status = response.status().as_u16(),
+        duration_us = elapsed.as_micros() as u64,
+        client = %conn.peer.ip(),
+        request_id = request_id.to_str().unwrap_or(""),
+    );
+    response
+}
+
+/// Listener limits that do not need a route: URI length and declared body size.
+fn admit(listener: &ListenerRuntime, req: &Request<Incoming>) -> Result<(), GatewayError> {
+    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_len > listener.limits.max_uri_bytes {
+        return Err(GatewayError::UriTooLong);
+    }
+    let mut lengths = req.headers().get_all(CONTENT_LENGTH).iter();
+    if let Some(cl) = lengths.next() {
+        // hyper folds identical duplicates and refuses differing ones; this
+        // catches what reaches us over HTTP/2, where framing is the frame's.
+        if lengths.next().is_some() {
+            return Err(GatewayError::BadRequest);
+        }
+        let len: u64 = cl
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(GatewayError::BadRequest)?;
+        if len > listener.limits.max_body_bytes {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+    }
+    Ok(())
+}
+
+/// The per-route service: forwards a request to the route's upstream.
+#[derive(Clone)]
+pub(crate) struct RouteService;
+
+impl RouteService {
+    async fn serve(
+        route: &Arc<CompiledRoute>,
+        listener: &ListenerRuntime,
+        conn: &ClientConn,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let upgrade =
+            headers::wants_upgrade(req.headers()) && req.version() == http::Version::HTTP_11;
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, incoming) = req.into_parts();
+        let policies = &route.policies;
+        if let Some(auth) = &policies.auth {
+            if let Err(e) = auth.authenticate(&mut parts).await {
+                let (head, body) = auth.reject(&e).into_parts();
+                let bytes = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                return Ok(Response::from_parts(head, Body::full(bytes)));
+            }
+        }
+        if let Some(limiter) = &policies.limiter {
+            let decision = limiter.check(&parts, conn.peer.ip()).await;
+            if !decision.allowed {
+                return Err(GatewayError::RateLimited { decision });
+            }
+        }
+        let permit = match &policies.bulkhead {
+            Some(b) => Some(
+                b.acquire()
+                    .await
+                    .map_err(|_| GatewayError::UpstreamOverloaded)?,
+            ),
+            None => None,
+        };
+
+        let original_host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        headers::set_forwarded(
+            &mut parts.headers,
+            conn.peer.ip(),
+            conn.tls,
+            original_host.as_ref(),
+        );
+        headers::ensure_traceparent(&mut parts.headers);
+        if !parts.headers.contains_key(HOST) {
+            if let Some(h) = &original_host {
+                parts.headers.insert(HOST, h.clone());
+            }
+        }
+        route.request_headers.apply(&mut parts.headers);
+        let path_and_query = match route.rewritten(parts.uri.path()) {
+            Some(mut p) => {
+                if let Some(q) = parts.uri.query() {
+                    p.push('?');
+                    p.push_str(q);
+                }
+                p
+            }
+            None => parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        };
+        let declared = parts.headers.contains_key(CONTENT_LENGTH);
+        let body = if declared {
+            Body::stream(incoming)
+        } else {
+            Body::limited(incoming, listener.limits.max_body_bytes)
+        };
+        let req = Request::from_parts(parts, body);
+
+        let fut = retry::forward(route, req, path_and_query);
+        let mut resp = match route.timeout {
+            Some(t) => tokio::time::timeout(t, fut)
+                .await
+                .map_err(|_| GatewayError::UpstreamTimeout)??,
+            None => fut.await?,
+        };
+
+        let upstream_upgraded = upgrade && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        if upstream_upgraded {
+            if let Some(client) = client_upgrade {
+                upgrade::tunnel(
+                    client,
+                    hyper::upgrade::on(&mut resp),
+                    route.websocket_idle_timeout,
+                );
+            }
+        }
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, upstream_upgraded);
+        route.response_headers.apply(&mut parts.headers);
+        let body = match permit {
+            // The bulkhead bounds streams too, so its permit lives as long as the body.
+            Some(p) => Body::stream(body).holding(p),
+            None => Body::stream(body),
+        };
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// Builds the absolute URI of `path_and_query` at `authority`.
+fn upstream_uri(
+    authority: &http::uri::Authority,
+    path_and_query: &str,
+) -> Result<Uri, GatewayError> {
+    Uri::builder()
+        .scheme("http")
+        .authority(authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| GatewayError::BadRequest)
+}
+
+/// Maps a client error to the gateway error the caller sees.
+fn classify(err: &hyper_util::client::legacy::Error) -> GatewayError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(BodyError::TooLarge(_)) = e.downcast_ref::<BodyError>() {
+            return GatewayError::PayloadTooLarge;
+        }
+        source = e.source();
+    }
+    if err.is_connect() {
+        GatewayError::UpstreamUnavailable { retry_after: None }
+    } else {
+        GatewayError::UpstreamError
+    }
+}

@@ -1,0 +1,182 @@
+//! One attempt at an endpoint, and retries of failed attempts: a request that
+//! never reached an endpoint (no connection) is always retried; a request that
+//! may have reached one only when its method is idempotent. Only requests
+//! without a body are retried, since a streamed body cannot be replayed.
+//! Backoff is exponential with full jitter, and a budget caps retries at a
+//! share of recent requests so retries cannot multiply an outage.
+
+use super::{classify, upstream_uri, GatewayError};
+use crate::body::Body;
+use crate::config::{RetryPolicy, UpstreamProtocol};
+use crate::route::CompiledRoute;
+use http::{Request, Response, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use trellis_resilience::classify::Outcome;
+
+/// Budget window; counts older than this are forgotten.
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+/// Retries always allowed per window, so a quiet route can still retry.
+const BUDGET_FLOOR: u64 = 10;
+
+/// A route's retry policy with its budget counters.
+#[derive(Debug)]
+pub(crate) struct RetryState {
+    policy: RetryPolicy,
+    epoch: Instant,
+    window: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl RetryState {
+    pub(crate) fn new(policy: &RetryPolicy) -> RetryState {
+        RetryState {
+            policy: policy.clone(),
+            epoch: Instant::now(),
+            window: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        }
+    }
+
+    fn roll_window(&self) {
+        let w = self.epoch.elapsed().as_secs() / BUDGET_WINDOW.as_secs();
+        if self.window.swap(w, Ordering::Relaxed) != w {
+            self.requests.store(0, Ordering::Relaxed);
+            self.retries.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn begin_request(&self) {
+        self.roll_window();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes a retry from the budget, if there is one left.
+    fn take_retry(&self) -> bool {
+        let requests = self.requests.load(Ordering::Relaxed) as f64;
+        let allowed = BUDGET_FLOOR + (requests * self.policy.budget_percent / 100.0) as u64;
+        self.retries.fetch_add(1, Ordering::Relaxed) < allowed
+    }
+
+    fn backoff(&self, retry: u32) -> Duration {
+        let exp = self.policy.backoff.saturating_mul(1u32 << retry.min(16));
+        let cap = exp.min(self.policy.max_backoff);
+        cap.mul_f64(fastrand::f64())
+    }
+}
+
+/// Sends `req` to the route's upstream, retrying as the route's policy allows.
+pub(super) async fn forward(
+    route: &CompiledRoute,
+    req: Request<Body>,
+    path_and_query: String,
+) -> Result<Response<Incoming>, GatewayError> {
+    let Some(retry) = route.retry.as_ref().filter(|_| req.body().is_end_stream()) else {
+        return attempt(route, req, &path_and_query).await;
+    };
+    retry.begin_request();
+    let (parts, _) = req.into_parts();
+    let idempotent = parts.method.is_idempotent();
+    let mut n = 0;
+    loop {
+        let mut req = Request::new(Body::empty());
+        *req.method_mut() = parts.method.clone();
+        *req.headers_mut() = parts.headers.clone();
+        *req.version_mut() = parts.version;
+        let result = attempt(route, req, &path_and_query).await;
+        let retriable = match &result {
+            Err(GatewayError::UpstreamUnavailable { .. }) => true,
+            Err(GatewayError::UpstreamTimeout | GatewayError::UpstreamError) => idempotent,
+            Ok(resp) => {
+                idempotent
+                    && retry
+                        .policy
+                        .retry_on_status
+                        .contains(&resp.status().as_u16())
+            }
+            Err(_) => false,
+        };
+        n += 1;
+        if !retriable || n >= retry.policy.attempts || !retry.take_retry() {
+            return result;
+        }
+        route.metrics.retries.inc();
+        tokio::time::sleep(retry.backoff(n - 1)).await;
+    }
+}
+
+/// One attempt at one endpoint, recording the outcome for outlier detection
+/// and the balancer's latency estimate.
+async fn attempt(
+    route: &CompiledRoute,
+    mut req: Request<Body>,
+    path_and_query: &str,
+) -> Result<Response<Incoming>, GatewayError> {
+    let upstream = &route.upstream;
+    let in_flight = upstream.pick(&req).map_err(|e| match e {
+        crate::upstream::PickError::NoEndpoint => {
+            GatewayError::UpstreamUnavailable { retry_after: None }
+        }
+        crate::upstream::PickError::Overloaded => GatewayError::UpstreamOverloaded,
+    })?;
+    let endpoint = in_flight.endpoint();
+    let breaker = match &route.policies.breaker {
+        Some(b) => Some(b.try_acquire().map_err(|open| GatewayError::CircuitOpen {
+            retry_after: open.retry_after(),
+        })?),
+        None => None,
+    };
+    *req.uri_mut() = upstream_uri(endpoint.authority(), path_and_query)?;
+    *req.version_mut() = match upstream.protocol() {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::Http2 => Version::HTTP_2,
+    };
+    let started = Instant::now();
+    let fut = upstream.client().request(req);
+    let result = match route.per_try_timeout {
+        Some(t) => match tokio::time::timeout(t, fut).await {
+            Ok(r) => r.map_err(|e| classify(&e)),
+            Err(_) => Err(GatewayError::UpstreamTimeout),
+        },
+        None => fut.await.map_err(|e| classify(&e)),
+    };
+    let latency = started.elapsed();
+    if let Some(permit) = breaker {
+        let failed = match &result {
+            Ok(resp) => resp.status().is_server_error(),
+            Err(GatewayError::PayloadTooLarge) => false,
+            Err(_) => true,
+        };
+        permit.record_with_duration(
+            if failed {
+                Outcome::failure()
+            } else {
+                Outcome::success()
+            },
+            latency,
+        );
+        if let Some(b) = &route.policies.breaker {
+            route.metrics.breaker_state(b.state());
+        }
+    }
+    match &result {
+        Ok(resp) if resp.status().is_server_error() => upstream.record_failure(endpoint, latency),
+        Ok(_) => upstream.record_success(endpoint, latency),
+        // The client's body broke the limit: not the endpoint's fault.
+        Err(GatewayError::PayloadTooLarge) => {}
+        Err(e) => {
+            tracing::debug!(
+                upstream = upstream.name(),
+                endpoint = endpoint.address(),
+                error = e.code(),
+                "attempt failed"
+            );
+            upstream.record_failure(endpoint, latency)
+        }
+    }
+    result
+}

@@ -1,0 +1,200 @@
+//! The command line: `trellis up`, `trellis check`, `trellis status`. Exit codes: 0 success,
+//! 1 invalid config or failure to run, 2 usage error, 130 when a second stop
+//! signal abandoned the drain.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{render_status, ControlClient};
+use crate::config::{Config, Secret};
+use crate::shutdown::listen_for_signals;
+use crate::telemetry::init_logging;
+use crate::up::{Node, NodeOptions, Outcome};
+
+/// Trellis: distributed-system patterns (gateway, resilience, registry,
+/// events, messaging, sagas, flags) as one runtime.
+#[derive(Debug, Parser)]
+#[command(name = "trellis", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node on this machine with embedded storage.
+    Up(UpArgs),
+    /// Validate a config file and exit: errors name file:line:col and key.
+    Check(CheckArgs),
+    /// Show a running node's version, phase and readiness (exit 0 when ready).
+    Status(StatusArgs),
+}
+
+/// `trellis up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Config file (TOML); without it, defaults: control API on
+    /// 127.0.0.1:9900, data in ./trellis-data.
+    #[arg(short, long, env = "TRELLIS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `trellis check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Config file (TOML) to validate.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// `trellis status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Config of the node to ask (its control.listen and token).
+    #[arg(short, long, env = "TRELLIS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Control API address; overrides the config.
+    #[arg(long, value_name = "IP:PORT")]
+    pub addr: Option<std::net::SocketAddr>,
+    /// Bearer token; overrides the config.
+    #[arg(long, env = "TRELLIS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses the process arguments and runs the command.
+pub fn main() -> ExitCode {
+    run(Cli::parse())
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Check(args) => check(&args.config),
+        Command::Up(args) => up(args.config.as_deref()),
+        Command::Status(args) => status(args),
+    }
+}
+
+fn load_or_default(path: Option<&Path>) -> Result<Config, ExitCode> {
+    match path {
+        Some(path) => Config::load(path).map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }),
+        None => Ok(Config::default()),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("trellis: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn status(args: StatusArgs) -> ExitCode {
+    let config = match load_or_default(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let addr = args
+        .addr
+        .unwrap_or_else(|| ControlClient::local_addr(&config));
+    let token = match args.token {
+        Some(t) => Some(Secret::new(t)),
+        None => config.control.bearer_token().unwrap_or_default(),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let client = ControlClient::new(addr, token);
+    match rt.block_on(client.get_json("/v1/status")) {
+        Ok((_, body)) => {
+            if args.json {
+                println!("{body}");
+            } else {
+                print!("{}", render_status(addr, &body));
+            }
+            if body["ready"].as_bool() == Some(true) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("trellis: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: OK (control API on {}, auth {}, data in {})",
+                path.display(),
+                config.control.listen,
+                if config.control.token.is_some() || config.control.token_file.is_some() {
+                    "on"
+                } else {
+                    "off"
+                },
+                config.data.dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn up(path: Option<&Path>) -> ExitCode {
+    let config = match load_or_default(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let log = match init_logging(&config.log) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("trellis: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let mut options = NodeOptions::new(config);
+    options.config_file = path.map(Path::to_path_buf);
+    options.log = Some(log);
+    let result = runtime.block_on(async move {
+        let _signals = listen_for_signals(options.shutdown.clone(), options.reload.clone())?;
+        let node = Node::start(options).await?;
+        node.run_until_stopped().await
+    });
+    // Don't wait for stragglers (e.g. a connection cut off at the deadline).
+    runtime.shutdown_background();
+    match result {
+        Ok(Outcome::Drained | Outcome::DeadlineExceeded) => ExitCode::SUCCESS,
+        Ok(Outcome::Forced) => ExitCode::from(130),
+        Err(e) => {
+            // Logging is up by now, so the error goes where the logs go.
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Telemetry shared by every component: logging through `tracing`, one
+//! Prometheus registry rendered at `/metrics`, and the bridge that turns
+//! component event streams (resilience layers' breaker transitions,
+//! rejections…) into metrics.
+
+mod logging;
+mod metrics;
+mod process;
+pub mod resilience;
+
+pub use logging::{init_logging, LogHandle, LoggingError};
+pub use metrics::Metrics;
+pub use process::ProcessCollector;
