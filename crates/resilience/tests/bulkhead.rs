@@ -310,3 +310,21 @@ async fn keyed_layer_queues_per_key_and_passes_unkeyed_requests() {
     assert_eq!(keyed.snapshot().in_use, 0);
     assert_eq!(keyed.snapshot().queued, 0);
 }
+
+#[test]
+fn services_can_be_shared_across_threads() {
+    fn shareable<T: Clone + Send + Sync + 'static>(_: &T) {}
+    let bulkhead = bulkhead(1, 1, 1);
+    let svc = ServiceBuilder::new()
+        .layer(BulkheadLayer::new(bulkhead))
+        .service(service_fn(|()| async { Ok::<_, BoxError>(()) }));
+    shareable(&svc);
+    let keyed = keyed(1, 1);
+    shareable(&keyed);
+    let svc = ServiceBuilder::new()
+        .layer(KeyedBulkheadLayer::new(keyed, |_: &()| {
+            Some("k".to_owned())
+        }))
+        .service(service_fn(|()| async { Ok::<_, BoxError>(()) }));
+    shareable(&svc);
+}

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 use trellis_resilience::ratelimit::{
-    Decision, FailurePolicy, MemoryStore, MemoryStoreConfig, Quota, RateLimitEvent, RateLimitLayer,
-    RateLimitStore, RateLimited, RateLimiter, StoreError,
+    Decision, DirectStore, FailurePolicy, FastClock, MemoryStore, MemoryStoreConfig, Quota,
+    RateLimitEvent, RateLimitLayer, RateLimitStore, RateLimited, RateLimiter, StoreError,
 };
 use trellis_resilience::{BoxError, Rejection};
 
@@ -160,7 +160,9 @@ async fn many_tasks_at_once_admit_exactly_the_quota() {
     // A long period, so the test's real clock cannot refill anything.
     let quota = Quota::per_hour(1).unwrap().with_burst(250).unwrap();
     let limiter = RateLimiter::new(quota, memory(1000));
-    let direct = RateLimiter::direct(quota);
+    // The fast clock, as a gateway would configure it; a store's clock
+    // does not change what it admits.
+    let direct = RateLimiter::new(quota, DirectStore::with_clock(FastClock::new()));
     let admitted = Arc::new(AtomicUsize::new(0));
     let admitted_direct = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..16)

@@ -36,7 +36,8 @@ impl<S> Layer<S> for BulkheadLayer {
     }
 }
 
-type Waiting = Pin<Box<dyn Future<Output = Result<BulkheadPermit, BulkheadFull>> + Send>>;
+// Sync too, so the service can be shared the way axum and hyper-util expect.
+type Waiting = Pin<Box<dyn Future<Output = Result<BulkheadPermit, BulkheadFull>> + Send + Sync>>;
 
 enum State {
     Idle,

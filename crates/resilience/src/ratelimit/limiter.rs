@@ -1,6 +1,6 @@
 //! The rate limiter: a quota, a store, and what to do when the store fails.
 
-use super::{Decision, DirectStore, MemoryStore, Quota, RateLimitStore, StoreError};
+use super::{Decision, DirectStore, LocalStore, MemoryStore, Quota, RateLimitStore, StoreError};
 use crate::observe::EventStream;
 use std::cell::Cell;
 use std::fmt;
@@ -132,6 +132,18 @@ where
         self.settle(key, quota, outcome)
     }
 
+    /// Decides one call for `key` at once, for a store in this process.
+    /// The cheapest path: no future, no allocation.
+    pub fn check_now(&self, key: &K) -> Decision
+    where
+        S: LocalStore<K>,
+    {
+        let shared = &*self.shared;
+        let decision = shared.store.decide_now(key, &shared.quota);
+        self.count(key, decision);
+        decision
+    }
+
     /// The quota every key gets by default.
     pub fn quota(&self) -> Quota {
         self.shared.quota
@@ -195,6 +207,12 @@ where
                 }
             }
         };
+        self.count(key, decision);
+        decision
+    }
+
+    fn count(&self, key: &K, decision: Decision) {
+        let shared = &*self.shared;
         if decision.allowed {
             shared.allowed.add();
         } else {
@@ -204,7 +222,6 @@ where
                 retry_after: decision.retry_after,
             });
         }
-        decision
     }
 }
 

@@ -11,17 +11,20 @@
 //! refusing newcomers, so a flood of keys can degrade limiting but never
 //! lock legitimate clients out or grow memory.
 //!
-//! Time is `tokio::time::Instant`, so a paused test clock drives it.
+//! A key is hashed once (SipHash with a random key, so clients cannot
+//! aim their keys at one bucket); the hash picks the shard and the slot.
+//!
+//! Time comes from a [`Clock`]: tokio's by default, so a paused test clock
+//! drives it, or [`FastClock`](super::FastClock) for the hot path.
 
 use super::quota::gcra;
-use super::{Decision, Quota, RateLimitStore, StoreError};
+use super::{Clock, Decision, LocalStore, Quota, RateLimitStore, StoreError, TokioClock};
+use hashbrown::HashTable;
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::future::{ready, Ready};
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// How a [`MemoryStore`] is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +32,8 @@ pub struct MemoryStoreConfig {
     /// Keys held at most (at least 1), split evenly over the shards.
     pub max_keys: usize,
     /// Independent maps; more shards, less contention between threads.
+    /// An upper bound: a small store uses fewer, each with room for at
+    /// least 64 keys.
     pub shards: usize,
     /// How often each shard forgets its idle keys.
     pub sweep_interval: Duration,
@@ -71,21 +76,22 @@ pub struct MemoryStoreSnapshot {
 struct Padded<T>(T);
 
 struct Shard<K> {
-    tats: HashMap<K, u64>,
+    /// Each key with its TAT (nanoseconds on the store's clock).
+    tats: HashTable<(K, u64)>,
     next_sweep: u64,
 }
 
 /// Rate-limit state for many keys in this process; see the module docs.
-pub struct MemoryStore<K> {
+pub struct MemoryStore<K, C = TokioClock> {
     shards: Box<[Padded<Mutex<Shard<K>>>]>,
     hasher: RandomState,
     per_shard: usize,
     sweep_ns: u64,
-    origin: Instant,
+    clock: C,
     evicted_busy: AtomicU64,
 }
 
-impl<K> std::fmt::Debug for MemoryStore<K> {
+impl<K, C> std::fmt::Debug for MemoryStore<K, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
             .field("shards", &self.shards.len())
@@ -95,23 +101,39 @@ impl<K> std::fmt::Debug for MemoryStore<K> {
 }
 
 impl<K: Hash + Eq + Clone> MemoryStore<K> {
-    /// A store laid out as configured.
+    /// A store laid out as configured, on tokio's clock.
     pub fn new(config: MemoryStoreConfig) -> Result<Self, MemoryStoreError> {
+        Self::with_clock(config, TokioClock::new())
+    }
+
+    /// The default layout with room for `max_keys` keys, on tokio's clock.
+    pub fn with_max_keys(max_keys: usize) -> Result<Self, MemoryStoreError> {
+        Self::new(MemoryStoreConfig {
+            max_keys,
+            ..MemoryStoreConfig::default()
+        })
+    }
+}
+
+impl<K: Hash + Eq + Clone, C: Clock> MemoryStore<K, C> {
+    /// A store laid out as configured, reading `clock`.
+    pub fn with_clock(config: MemoryStoreConfig, clock: C) -> Result<Self, MemoryStoreError> {
         if config.max_keys == 0 {
             return Err(MemoryStoreError::ZeroKeys);
         }
         if config.shards == 0 {
             return Err(MemoryStoreError::ZeroShards);
         }
-        // Never more shards than keys, so the per-shard bound is at least 1
-        // and the total never exceeds `max_keys`.
-        let shards = config.shards.min(config.max_keys);
+        // At least 64 keys a shard (unless `max_keys` is smaller), so a small
+        // bound is not split into shards so small that hash skew fills one
+        // early. The total never exceeds `max_keys`.
+        let shards = config.shards.min(config.max_keys / 64).max(1);
         let sweep_ns = u64::try_from(config.sweep_interval.as_nanos()).unwrap_or(u64::MAX);
         Ok(MemoryStore {
             shards: (0..shards)
                 .map(|_| {
                     Padded(Mutex::new(Shard {
-                        tats: HashMap::new(),
+                        tats: HashTable::new(),
                         next_sweep: sweep_ns,
                     }))
                 })
@@ -119,16 +141,8 @@ impl<K: Hash + Eq + Clone> MemoryStore<K> {
             hasher: RandomState::new(),
             per_shard: config.max_keys / shards,
             sweep_ns,
-            origin: Instant::now(),
+            clock,
             evicted_busy: AtomicU64::new(0),
-        })
-    }
-
-    /// The default layout with room for `max_keys` keys.
-    pub fn with_max_keys(max_keys: usize) -> Result<Self, MemoryStoreError> {
-        Self::new(MemoryStoreConfig {
-            max_keys,
-            ..MemoryStoreConfig::default()
         })
     }
 
@@ -143,9 +157,9 @@ impl<K: Hash + Eq + Clone> MemoryStore<K> {
 
     /// Forgets every idle key now.
     pub fn evict_idle(&self) {
-        let now = self.now();
+        let now = self.clock.now_ns();
         for shard in self.shards.iter() {
-            shard.0.lock().tats.retain(|_, tat| *tat > now);
+            shard.0.lock().tats.retain(|(_, tat)| *tat > now);
         }
     }
 
@@ -153,17 +167,14 @@ impl<K: Hash + Eq + Clone> MemoryStore<K> {
         self.shards.iter().map(|s| s.0.lock().tats.len()).sum()
     }
 
-    fn now(&self) -> u64 {
-        // Nanoseconds since the store was made: 584 years of headroom.
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
     /// One decision, synchronously.
     pub fn decide_now(&self, key: &K, quota: &Quota) -> Decision {
-        let now = self.now();
-        let index = (self.hasher.hash_one(key) >> 7) as usize % self.shards.len();
+        let hash = self.hasher.hash_one(key);
+        // High bits pick the shard; the table inside uses the low ones.
+        let index = (hash >> 40) as usize % self.shards.len();
+        let now = self.clock.now_ns();
         let mut shard = self.shards[index].0.lock();
-        if let Some(tat) = shard.tats.get_mut(key) {
+        if let Some((_, tat)) = shard.tats.find_mut(hash, |(k, _)| k == key) {
             let (decision, next) = gcra(Some(*tat), now, quota);
             if let Some(next) = next {
                 *tat = next;
@@ -173,34 +184,42 @@ impl<K: Hash + Eq + Clone> MemoryStore<K> {
         let (decision, next) = gcra(None, now, quota);
         if let Some(next) = next {
             self.make_room(&mut shard, now);
-            shard.tats.insert(key.clone(), next);
+            let hasher = &self.hasher;
+            shard
+                .tats
+                .insert_unique(hash, (key.clone(), next), |(k, _)| hasher.hash_one(k));
         }
         decision
     }
 
     fn make_room(&self, shard: &mut Shard<K>, now: u64) {
         if now >= shard.next_sweep || shard.tats.len() >= self.per_shard {
-            shard.tats.retain(|_, tat| *tat > now);
+            shard.tats.retain(|(_, tat)| *tat > now);
             shard.next_sweep = now.saturating_add(self.sweep_ns);
         }
         if shard.tats.len() < self.per_shard {
             return;
         }
-        let closest_to_idle = shard
+        // Forget the key closest to idle: it loses the least.
+        let victim = shard
             .tats
             .iter()
-            .min_by_key(|(_, tat)| **tat)
-            .map(|(key, _)| key.clone());
-        if let Some(key) = closest_to_idle {
-            shard.tats.remove(&key);
-            self.evicted_busy.fetch_add(1, Ordering::Relaxed);
+            .min_by_key(|(_, tat)| *tat)
+            .map(|(key, tat)| (self.hasher.hash_one(key), *tat));
+        if let Some((hash, earliest)) = victim {
+            // Any key with this hash and this TAT is an equally good victim.
+            if let Ok(entry) = shard.tats.find_entry(hash, |(_, tat)| *tat == earliest) {
+                entry.remove();
+                self.evicted_busy.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
 
-impl<K> RateLimitStore<K> for MemoryStore<K>
+impl<K, C> RateLimitStore<K> for MemoryStore<K, C>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
+    C: Clock,
 {
     type Decide = Ready<Result<Decision, StoreError>>;
 
@@ -213,25 +232,42 @@ where
     }
 }
 
+impl<K, C> LocalStore<K> for MemoryStore<K, C>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    C: Clock,
+{
+    fn decide_now(&self, key: &K, quota: &Quota) -> Decision {
+        MemoryStore::decide_now(self, key, quota)
+    }
+}
+
 /// One limit for every call (no keys): a single TAT updated lock-free.
 #[derive(Debug)]
-pub struct DirectStore {
+pub struct DirectStore<C = TokioClock> {
     tat: AtomicU64,
-    origin: Instant,
+    clock: C,
 }
 
 impl DirectStore {
-    /// A fresh limit, its whole burst available.
+    /// A fresh limit, its whole burst available, on tokio's clock.
     pub fn new() -> Self {
+        Self::with_clock(TokioClock::new())
+    }
+}
+
+impl<C: Clock> DirectStore<C> {
+    /// A fresh limit, its whole burst available, reading `clock`.
+    pub fn with_clock(clock: C) -> Self {
         DirectStore {
             tat: AtomicU64::new(0),
-            origin: Instant::now(),
+            clock,
         }
     }
 
     /// One decision, synchronously.
     pub fn decide_now(&self, quota: &Quota) -> Decision {
-        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let now = self.clock.now_ns();
         let mut tat = self.tat.load(Ordering::Acquire);
         loop {
             let (decision, next) = gcra(Some(tat), now, quota);
@@ -255,7 +291,7 @@ impl Default for DirectStore {
     }
 }
 
-impl RateLimitStore<()> for DirectStore {
+impl<C: Clock> RateLimitStore<()> for DirectStore<C> {
     type Decide = Ready<Result<Decision, StoreError>>;
 
     fn decide(&self, _key: &(), quota: &Quota) -> Self::Decide {
@@ -264,5 +300,11 @@ impl RateLimitStore<()> for DirectStore {
 
     fn keys_tracked(&self) -> Option<usize> {
         Some(1)
+    }
+}
+
+impl<C: Clock> LocalStore<()> for DirectStore<C> {
+    fn decide_now(&self, _key: &(), quota: &Quota) -> Decision {
+        DirectStore::decide_now(self, quota)
     }
 }

@@ -13,11 +13,15 @@
 //! - `RedisStore` (the `redis` feature): one atomic round trip per decision,
 //!   so a fleet of gateways shares one limit.
 //!
+//! The two local stores read tokio's clock by default, so a paused test
+//! clock drives them, or the several-times-cheaper [`FastClock`].
+//!
 //! When a store fails, the limiter's [`FailurePolicy`] decides (open or
 //! closed) and a [`RateLimitEvent::StoreFailed`] is published.
 //! [`RateLimitLayer`] puts a limiter in front of any tower service; refused
 //! calls fail with [`RateLimited`].
 
+mod clock;
 mod limiter;
 mod memory;
 mod quota;
@@ -29,6 +33,7 @@ pub mod headers;
 #[cfg(feature = "redis")]
 mod redis;
 
+pub use clock::{Clock, FastClock, TokioClock};
 pub use limiter::{FailurePolicy, RateLimitEvent, RateLimiter, RateLimiterSnapshot};
 pub use memory::{
     DirectStore, MemoryStore, MemoryStoreConfig, MemoryStoreError, MemoryStoreSnapshot,
@@ -37,7 +42,7 @@ pub use quota::{Decision, Quota, QuotaError};
 #[cfg(feature = "redis")]
 pub use redis::{RedisStore, RedisStoreConfig};
 pub use service::{RateLimitFuture, RateLimitLayer, RateLimitService};
-pub use store::{RateLimitStore, StoreError};
+pub use store::{LocalStore, RateLimitStore, StoreError};
 
 use std::time::Duration;
 

@@ -42,3 +42,12 @@ pub enum StoreError {
     #[error("rate-limit store gave an unexpected reply: {0}")]
     Protocol(String),
 }
+
+/// A store that decides at once, in this process: a limiter over it can
+/// decide synchronously ([`RateLimiter::check_now`]), with no future at all.
+///
+/// [`RateLimiter::check_now`]: super::RateLimiter::check_now
+pub trait LocalStore<K>: RateLimitStore<K> {
+    /// Decides one call for `key` under `quota`, recording it if admitted.
+    fn decide_now(&self, key: &K, quota: &Quota) -> Decision;
+}
