@@ -449,3 +449,153 @@ async fn clones_share_counters_and_budget() {
     assert_eq!(layer.snapshot().retries, 10);
     assert_eq!(budget.snapshot().available, 0);
 }
+
+/// An upstream whose first `rejections` calls are refused with `rejection`.
+fn refusing(
+    upstream: &Upstream,
+    rejections: usize,
+    rejection: fn() -> BoxError,
+) -> impl Service<u32, Response = u32, Error = BoxError, Future = impl Send> + Clone + Send {
+    let starts = Arc::clone(&upstream.starts);
+    service_fn(move |request: u32| {
+        let n = {
+            let mut starts = starts.lock().unwrap();
+            starts.push(Instant::now());
+            starts.len() - 1
+        };
+        let result = if n < rejections {
+            Err(rejection())
+        } else {
+            Ok(request)
+        };
+        std::future::ready(result)
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_below_is_not_retried_by_default() {
+    use trellis_resilience::breaker::BreakerOpen;
+    let upstream = Upstream::new();
+    let layer = RetryLayer::new(config(3, Backoff::Constant(10 * MS)));
+    let mut events = layer.events().subscribe();
+    let svc = layer.layer(refusing(&upstream, 1, || {
+        BreakerOpen::new(Duration::from_secs(5)).into()
+    }));
+    let err = svc.oneshot(1).await.unwrap_err();
+    assert!(
+        matches!(Rejection::of(&err), Some(Rejection::BreakerOpen { .. })),
+        "{err}"
+    );
+    assert_eq!(upstream.calls(), 1);
+    assert_eq!(layer.snapshot().retries, 0);
+    assert_eq!(events.try_recv().unwrap_err(), TryRecvError::Empty);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_bulkhead_below_is_not_retried_by_default() {
+    use trellis_resilience::bulkhead::BulkheadFull;
+    let upstream = Upstream::new();
+    let svc = Retry::new(
+        refusing(&upstream, 1, || BulkheadFull.into()),
+        config(3, Backoff::None),
+    );
+    let err = svc.oneshot(1).await.unwrap_err();
+    assert_eq!(Rejection::of(&err), Some(Rejection::BulkheadFull));
+    assert_eq!(upstream.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejections_are_retried_when_asked_to() {
+    use trellis_resilience::breaker::BreakerOpen;
+    use trellis_resilience::bulkhead::BulkheadFull;
+    let upstream = Upstream::new();
+    let layer = RetryLayer::new(config(3, Backoff::Constant(10 * MS))).retry_rejections(true);
+    let svc = layer.layer(refusing(&upstream, 2, || BulkheadFull.into()));
+    assert_eq!(svc.oneshot(4).await.unwrap(), 4);
+    assert_eq!(upstream.calls(), 3);
+    assert_eq!(upstream.gaps(), [10 * MS, 10 * MS]);
+
+    let upstream = Upstream::new();
+    let svc = layer.layer(refusing(&upstream, 1, || {
+        BreakerOpen::new(Duration::from_secs(5)).into()
+    }));
+    assert_eq!(svc.oneshot(5).await.unwrap(), 5);
+    assert_eq!(upstream.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_below_is_retried_after_its_retry_after() {
+    use trellis_resilience::ratelimit::RateLimited;
+    let upstream = Upstream::new();
+    let layer = RetryLayer::new(config(3, Backoff::Constant(10 * MS)));
+    let mut events = layer.events().subscribe();
+    let svc = layer.layer(refusing(&upstream, 1, || {
+        RateLimited::new(Duration::from_millis(700)).into()
+    }));
+    assert_eq!(svc.oneshot(9).await.unwrap(), 9);
+    assert_eq!(upstream.calls(), 2);
+    // The limiter's wait, not the 10 ms backoff.
+    assert_eq!(upstream.gaps(), [700 * MS]);
+    assert_eq!(
+        events.try_recv().unwrap(),
+        RetryEvent::Retrying {
+            attempt: 2,
+            delay: 700 * MS,
+            retry_after: true
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_that_outlasts_the_deadline_is_returned_at_once() {
+    use trellis_resilience::ratelimit::RateLimited;
+    let upstream = Upstream::new();
+    let layer = RetryLayer::new(RetryConfig {
+        deadline: Some(Duration::from_millis(500)),
+        ..config(3, Backoff::Constant(10 * MS))
+    });
+    let mut events = layer.events().subscribe();
+    let svc = layer.layer(refusing(&upstream, 1, || {
+        RateLimited::new(Duration::from_secs(2)).into()
+    }));
+    let started = Instant::now();
+    let err = svc.oneshot(1).await.unwrap_err();
+    assert_eq!(
+        Rejection::of(&err),
+        Some(Rejection::RateLimited {
+            retry_after: Duration::from_secs(2)
+        })
+    );
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(upstream.calls(), 1);
+    assert_eq!(
+        events.try_recv().unwrap(),
+        RetryEvent::GaveUp {
+            attempts: 1,
+            reason: GiveUpReason::Deadline
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_longer_than_max_retry_after_is_not_waited_for() {
+    use trellis_resilience::ratelimit::RateLimited;
+    let upstream = Upstream::new();
+    let layer = RetryLayer::new(RetryConfig {
+        max_retry_after: Duration::from_secs(1),
+        ..config(3, Backoff::None)
+    });
+    let mut events = layer.events().subscribe();
+    let svc = layer.layer(refusing(&upstream, 1, || {
+        RateLimited::new(Duration::from_secs(30)).into()
+    }));
+    assert!(svc.oneshot(1).await.is_err());
+    assert_eq!(upstream.calls(), 1);
+    assert_eq!(
+        events.try_recv().unwrap(),
+        RetryEvent::GaveUp {
+            attempts: 1,
+            reason: GiveUpReason::RetryAfterTooLong
+        }
+    );
+}

@@ -111,9 +111,15 @@ where
                             None => return Poll::Pending,
                         },
                     };
-                    let outcome = this.shared.classify.classify(&result);
+                    let mut outcome = this.shared.classify.classify(&result);
                     if !outcome.retryable {
                         return Poll::Ready(result);
+                    }
+                    if let Err(error) = &result {
+                        outcome = this.shared.reconsider(error, outcome);
+                        if !outcome.retryable {
+                            return Poll::Ready(result);
+                        }
                     }
                     let delay = this.shared.next_delay(
                         outcome,

@@ -165,6 +165,15 @@ impl<C> HttpRetryLayer<C> {
         self
     }
 
+    /// Retry this crate's rejections like any failure (see
+    /// [`RetryLayer::retry_rejections`]).
+    pub fn retry_rejections(self, retry: bool) -> Self {
+        HttpRetryLayer {
+            retry: self.retry.retry_rejections(retry),
+            ..self
+        }
+    }
+
     /// Reproducible jitter (see [`RetryLayer::seed`]).
     pub fn seed(self, seed: u64) -> Self {
         HttpRetryLayer {

@@ -13,6 +13,18 @@
 //! * the [`RetryPolicy`]: a request that cannot be copied (a non-idempotent
 //!   HTTP request, a body too large to buffer) is sent exactly once.
 //!
+//! A refusal by one of this crate's layers below the retry (found with
+//! [`Rejection::of`](crate::Rejection::of)) is not a failure of the
+//! upstream, and by default is not retried blindly: an open breaker
+//! ([`BreakerOpen`](crate::breaker::BreakerOpen)) or a full bulkhead
+//! ([`BulkheadFull`](crate::bulkhead::BulkheadFull)) is returned at once —
+//! hammering them is what they exist to stop — while a rate limit
+//! ([`RateLimited`](crate::ratelimit::RateLimited)) is retried after its
+//! `retry_after`, exactly like a server's `Retry-After` (so only when
+//! `honour_retry_after` is on, within `max_retry_after` and the deadline). A
+//! timeout below the retry stays retryable. [`RetryLayer::retry_rejections`]
+//! turns this off and leaves the [`Classify`] the only judge.
+//!
 //! An ordinary success costs a clone of the service and of the request (as
 //! in `tower::retry`), a budget deposit when there is one, and no event.
 //! For HTTP, [`http::HttpRetryLayer`] adds idempotency rules and bounded
@@ -65,6 +77,7 @@ pub use policy::{CloneRequest, ReplayWith, RetryPolicy};
 use crate::classify::{Classify, ErrorsFail, Outcome};
 use crate::observe::EventStream;
 use crate::timeout::Deadline;
+use crate::{BoxError, Rejection};
 use parking_lot::Mutex;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -169,6 +182,7 @@ pub struct RetryLayer<C = ErrorsFail, P = CloneRequest> {
     events: EventStream<RetryEvent>,
     stats: Arc<Stats>,
     rng: Option<Arc<Mutex<fastrand::Rng>>>,
+    retry_rejections: bool,
 }
 
 impl RetryLayer {
@@ -181,6 +195,7 @@ impl RetryLayer {
             events: EventStream::default(),
             stats: Arc::default(),
             rng: None,
+            retry_rejections: false,
         }
     }
 }
@@ -195,6 +210,7 @@ impl<C, P> RetryLayer<C, P> {
             events: self.events,
             stats: self.stats,
             rng: self.rng,
+            retry_rejections: self.retry_rejections,
         }
     }
 
@@ -207,12 +223,22 @@ impl<C, P> RetryLayer<C, P> {
             events: self.events,
             stats: self.stats,
             rng: self.rng,
+            retry_rejections: self.retry_rejections,
         }
     }
 
     /// Draws jitter from a generator seeded with `seed`: reproducible delays.
     pub fn seed(mut self, seed: u64) -> Self {
         self.rng = Some(Arc::new(Mutex::new(fastrand::Rng::with_seed(seed))));
+        self
+    }
+
+    /// Whether rejections by this crate's layers below the retry (an open
+    /// breaker, a full bulkhead, a rate limit) are retried like any failure
+    /// the [`Classify`] calls retryable. Off by default: see the
+    /// [module docs](self).
+    pub fn retry_rejections(mut self, retry: bool) -> Self {
+        self.retry_rejections = retry;
         self
     }
 
@@ -254,6 +280,7 @@ impl<S, C: Clone, P: Clone> Layer<S> for RetryLayer<C, P> {
                 events: self.events.clone(),
                 stats: Arc::clone(&self.stats),
                 rng: self.rng.clone(),
+                retry_rejections: self.retry_rejections,
             }),
         }
     }
@@ -268,6 +295,7 @@ pub(crate) struct Shared<C, P> {
     events: EventStream<RetryEvent>,
     stats: Arc<Stats>,
     rng: Option<Arc<Mutex<fastrand::Rng>>>,
+    retry_rejections: bool,
 }
 
 /// Retries failed calls. See the [module docs](self) and [`RetryLayer`].
@@ -384,6 +412,25 @@ impl<C, P> Shared<C, P> {
         }?;
         self.policy.set_deadline(request, Deadline::at(until));
         Some(Box::pin(tokio::time::sleep_until(until)))
+    }
+
+    /// What a retryable failure means once the rejections of this crate's
+    /// own layers are taken into account (see the module docs).
+    #[cold]
+    pub(crate) fn reconsider(&self, error: &BoxError, outcome: Outcome) -> Outcome {
+        if self.retry_rejections {
+            return outcome;
+        }
+        match Rejection::of(error) {
+            Some(Rejection::BreakerOpen { .. } | Rejection::BulkheadFull) => Outcome {
+                retryable: false,
+                ..outcome
+            },
+            Some(Rejection::RateLimited { retry_after }) => {
+                outcome.with_retry_after(Some(retry_after))
+            }
+            Some(Rejection::Timeout) | None => outcome,
+        }
     }
 
     /// After a retryable failure of attempt number `attempt`: the delay
