@@ -3,6 +3,7 @@
 //! gateway. Each file here is glue only — the behaviour lives in the
 //! component's own crate.
 
+pub mod cqrs;
 pub mod events;
 pub mod gateway;
 pub mod store;

@@ -76,7 +76,8 @@ impl NodeOptions {
 /// ready. Returning an error aborts the start with that message.
 async fn start_components(w: &mut Wiring<'_>) -> anyhow::Result<()> {
     let store = components::store::open(w.config).await?;
-    components::events::start(w, &store).await?;
+    let events = components::events::start(w, &store).await?;
+    components::cqrs::start(w, &events).await?;
     components::gateway::start(w).await?;
     Ok(())
 }
