@@ -76,7 +76,7 @@ start_haproxy() { # threads
     cat > "$WORK/haproxy.cfg" <<CONF
 global
     nbthread $1
-    maxconn 40000
+    maxconn 9000
 defaults
     mode http
     timeout connect 2s

@@ -19,6 +19,8 @@ impl Upstream {
         if let Some(od) = &self.outlier {
             let ejections = endpoint.ejections.load(Ordering::Relaxed);
             if ejections > 0 {
+                // An endpoint with a history is the one that may have just returned.
+                self.metrics.update_ejected(self);
                 let back_at = endpoint.ejected_until();
                 let forgiven_at = back_at
                     .saturating_add(od.base_ejection_time.as_nanos() as u64 * u64::from(ejections));
