@@ -164,6 +164,11 @@ async fn discover(
 }
 
 fn parse_registration(body: &[u8]) -> Result<Registration, Problem> {
+    // serde would also read a struct from a JSON array, field by position;
+    // a registration is only ever an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Problem::invalid("body", "a registration is a JSON object"));
+    }
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
