@@ -173,7 +173,7 @@ fn parse_registration(body: &[u8]) -> Result<Registration, Problem> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
         let detail = format!("invalid registration at {field}: {}", e.inner());
-        let field = if field == "." {
+        let field = if field == "." || field == "?" {
             "body".to_owned()
         } else {
             field
