@@ -57,3 +57,34 @@ impl Default for RegistryConfig {
         }
     }
 }
+
+impl RegistryConfig {
+    /// Checks the section's values against each other; the error names the key.
+    pub fn validate(&self) -> Result<(), crate::RegistryError> {
+        let bad = |field: &str, reason: &str| {
+            Err(crate::RegistryError::Invalid {
+                field: field.to_owned(),
+                reason: reason.to_owned(),
+            })
+        };
+        if self.min_ttl.is_zero() {
+            return bad("min_ttl", "must be more than 0s");
+        }
+        if self.max_ttl < self.min_ttl {
+            return bad("max_ttl", "must be at least min_ttl");
+        }
+        if self.min_check_interval < Duration::from_millis(10) {
+            return bad("min_check_interval", "must be at least 10ms");
+        }
+        if self.deregister_after > self.max_deregister_after {
+            return bad("deregister_after", "must be at most max_deregister_after");
+        }
+        if self.max_wait.is_zero() {
+            return bad("max_wait", "must be more than 0s");
+        }
+        if self.max_instances == 0 {
+            return bad("max_instances", "must be at least 1");
+        }
+        Ok(())
+    }
+}

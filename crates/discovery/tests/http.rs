@@ -346,3 +346,18 @@ fn registry_config_reads_from_toml_and_refuses_unknown_keys() {
     let err = toml::from_str::<RegistryConfig>("max_wait = \"soon\"").unwrap_err();
     assert!(err.to_string().contains("invalid duration"), "{err}");
 }
+
+#[test]
+fn registry_config_validation_names_the_key() {
+    assert!(RegistryConfig::default().validate().is_ok());
+    let c = RegistryConfig {
+        max_ttl: Duration::from_millis(500),
+        ..RegistryConfig::default()
+    };
+    assert_eq!(c.validate().unwrap_err().field(), Some("max_ttl"));
+    let c = RegistryConfig {
+        max_instances: 0,
+        ..RegistryConfig::default()
+    };
+    assert_eq!(c.validate().unwrap_err().field(), Some("max_instances"));
+}
