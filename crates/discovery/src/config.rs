@@ -1,0 +1,90 @@
+//! The `[registry]` section of `trellis.toml`: defaults and limits.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Registry settings. Every field has a default, so `[registry]` may be empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Whether the node runs the registry at all.
+    pub enabled: bool,
+    /// How long a critical instance stays listed (as critical) before it is
+    /// removed, unless its registration says otherwise.
+    #[serde(with = "crate::duration")]
+    pub deregister_after: Duration,
+    /// The longest a blocking query may wait (`wait=` is capped to this).
+    #[serde(with = "crate::duration")]
+    pub max_wait: Duration,
+    /// Shortest and longest TTL a registration may ask for.
+    #[serde(with = "crate::duration")]
+    pub min_ttl: Duration,
+    #[serde(with = "crate::duration")]
+    pub max_ttl: Duration,
+    /// Shortest active-check interval, so one registration cannot make the
+    /// registry probe in a tight loop.
+    #[serde(with = "crate::duration")]
+    pub min_check_interval: Duration,
+    /// Longest per-registration `deregister_after`.
+    #[serde(with = "crate::duration")]
+    pub max_deregister_after: Duration,
+    /// Instances across all services; registrations beyond it are refused.
+    pub max_instances: usize,
+    pub max_tags: usize,
+    pub max_tag_len: usize,
+    pub max_meta_entries: usize,
+    pub max_meta_key_len: usize,
+    pub max_meta_value_len: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            enabled: true,
+            deregister_after: Duration::from_secs(60),
+            max_wait: Duration::from_secs(300),
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(24 * 3600),
+            min_check_interval: Duration::from_secs(1),
+            max_deregister_after: Duration::from_secs(7 * 24 * 3600),
+            max_instances: 100_000,
+            max_tags: 64,
+            max_tag_len: 128,
+            max_meta_entries: 64,
+            max_meta_key_len: 128,
+            max_meta_value_len: 512,
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// Checks the section's values against each other; the error names the key.
+    pub fn validate(&self) -> Result<(), crate::RegistryError> {
+        let bad = |field: &str, reason: &str| {
+            Err(crate::RegistryError::Invalid {
+                field: field.to_owned(),
+                reason: reason.to_owned(),
+            })
+        };
+        if self.min_ttl.is_zero() {
+            return bad("min_ttl", "must be more than 0s");
+        }
+        if self.max_ttl < self.min_ttl {
+            return bad("max_ttl", "must be at least min_ttl");
+        }
+        if self.min_check_interval < Duration::from_millis(10) {
+            return bad("min_check_interval", "must be at least 10ms");
+        }
+        if self.deregister_after > self.max_deregister_after {
+            return bad("deregister_after", "must be at most max_deregister_after");
+        }
+        if self.max_wait.is_zero() {
+            return bad("max_wait", "must be more than 0s");
+        }
+        if self.max_instances == 0 {
+            return bad("max_instances", "must be at least 1");
+        }
+        Ok(())
+    }
+}
