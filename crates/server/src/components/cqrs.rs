@@ -48,9 +48,16 @@ pub async fn start(w: &mut Wiring<'_>, events: &EventStore) -> anyhow::Result<()
     Ok(())
 }
 
-fn op(summary: &str) -> Value {
+/// One operation; `params` names the path parameters it takes.
+fn op(id: &str, summary: &str, params: &[&str]) -> Value {
+    let parameters: Vec<Value> = params
+        .iter()
+        .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
+        .collect();
     json!({
+        "operationId": id,
         "summary": summary,
+        "parameters": parameters,
         "responses": {
             "200": {"description": "OK", "content": {"application/json": {}}},
             "default": {"description": "RFC 9457 problem details", "content": {"application/problem+json": {}}}
@@ -58,62 +65,57 @@ fn op(summary: &str) -> Value {
     })
 }
 
-fn name_param() -> Value {
-    json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}])
-}
-
 fn projections_openapi(prefix: &str) -> Value {
+    const N: &[&str] = &["name"];
     let mut paths = serde_json::Map::new();
     paths.insert(
         prefix.to_owned(),
-        json!({"get": op("List projections with their status"),
-               "post": op("Create a projection: name, source, Rhai script")}),
+        json!({"get": op("listProjections", "List projections with their status", &[]),
+               "post": op("createProjection", "Create a projection: name, source, Rhai script", &[])}),
     );
     paths.insert(
         format!("{prefix}/{{name}}"),
-        json!({"parameters": name_param(),
-               "get": op("A projection's status: state, position, lag, last error"),
-               "delete": op("Delete a projection and its read model")}),
+        json!({"get": op("getProjection", "A projection's status: state, position, lag, last error", N),
+               "delete": op("deleteProjection", "Delete a projection and its read model", N)}),
     );
     paths.insert(
         format!("{prefix}/{{name}}/script"),
-        json!({"parameters": name_param(), "put": op("Replace the script; a faulted projection goes on from the event that faulted")}),
+        json!({"put": op("updateProjectionScript", "Replace the script; a faulted projection goes on from the event that faulted", N)}),
     );
-    for action in ["pause", "resume", "reset", "rebuild"] {
+    for (action, id) in [
+        ("pause", "pauseProjection"),
+        ("resume", "resumeProjection"),
+        ("reset", "resetProjection"),
+        ("rebuild", "rebuildProjection"),
+    ] {
         paths.insert(
             format!("{prefix}/{{name}}/{action}"),
-            json!({"parameters": name_param(), "post": op(&format!("{action} the projection"))}),
+            json!({"post": op(id, &format!("{action} the projection"), N)}),
         );
     }
     paths.insert(
         format!("{prefix}/{{name}}/documents"),
-        json!({"parameters": name_param(),
-               "get": op("Query the read model: equality filters, sort, limit and offset")}),
+        json!({"get": op("queryProjectionDocuments", "Query the read model: equality filters, sort, limit and offset", N)}),
     );
     paths.insert(
         format!("{prefix}/{{name}}/documents/{{id}}"),
-        json!({"parameters": [
-                   {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}},
-                   {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
-               "get": op("One document of the read model")}),
+        json!({"get": op("getProjectionDocument", "One document of the read model", &["name", "id"])}),
     );
     json!({"paths": paths})
 }
 
 fn subscriptions_openapi(prefix: &str) -> Value {
+    const N: &[&str] = &["name"];
     json!({"paths": {
         format!("{prefix}/subscriptions"): {
-            "get": op("List persistent subscriptions"),
-            "post": op("Create a persistent subscription delivering to an HTTP endpoint")},
+            "get": op("listPersistentSubscriptions", "List persistent subscriptions", &[]),
+            "post": op("createPersistentSubscription", "Create a persistent subscription delivering to an HTTP endpoint", &[])},
         format!("{prefix}/subscriptions/{{name}}"): {
-            "parameters": name_param(),
-            "get": op("A subscription's status and checkpoint"),
-            "delete": op("Delete a subscription")},
+            "get": op("getPersistentSubscription", "A subscription's status and checkpoint", N),
+            "delete": op("deletePersistentSubscription", "Delete a subscription", N)},
         format!("{prefix}/subscriptions/{{name}}/parked"): {
-            "parameters": name_param(),
-            "get": op("Events parked after exhausting their delivery attempts")},
+            "get": op("listParkedEvents", "Events parked after exhausting their delivery attempts", N)},
         format!("{prefix}/subscriptions/{{name}}/parked/replay"): {
-            "parameters": name_param(),
-            "post": op("Deliver the parked events again")}
+            "post": op("replayParkedEvents", "Deliver the parked events again", N)}
     }})
 }

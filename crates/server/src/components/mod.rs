@@ -6,4 +6,5 @@
 pub mod cqrs;
 pub mod events;
 pub mod gateway;
+pub mod registry;
 pub mod store;

@@ -41,6 +41,8 @@ pub struct Config {
     pub data: DataConfig,
     /// `[store]`: the database behind events, the registry and projections.
     pub store: StoreSection,
+    /// `[registry]`: the service registry.
+    pub registry: trellis_discovery::RegistryConfig,
     /// `[[listeners]]`: the gateway's listening sockets (see docs/gateway-config.md).
     pub listeners: Vec<trellis_gateway::config::Listener>,
     /// `[[routes]]`: the gateway's routes.
@@ -55,6 +57,11 @@ impl Validate for Config {
         v.section("log", &self.log);
         v.section("data", &self.data);
         v.section("store", &self.store);
+        if let Err(trellis_discovery::RegistryError::Invalid { field, reason }) =
+            self.registry.validate()
+        {
+            v.invalid_at(&format!("registry.{field}"), reason);
+        }
         // The gateway checks its own sections and names keys from the top.
         if let Err(errors) = self.gateway().validate() {
             for e in errors.0 {

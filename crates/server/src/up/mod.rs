@@ -78,6 +78,7 @@ async fn start_components(w: &mut Wiring<'_>) -> anyhow::Result<()> {
     let store = components::store::open(w.config).await?;
     let events = components::events::start(w, &store).await?;
     components::cqrs::start(w, &events).await?;
+    components::registry::start(w, &store).await?;
     components::gateway::start(w).await?;
     Ok(())
 }

@@ -1,0 +1,44 @@
+//! The service registry on the control API, under `/v1/registry`, persisted
+//! in the node's store so registrations survive a restart.
+
+use anyhow::Context as _;
+use trellis_discovery::Registry;
+use trellis_store::Store;
+
+use crate::control::ControlRoutes;
+use crate::up::Wiring;
+
+/// Where the registry's REST API is mounted.
+pub const PREFIX: &str = "/v1/registry";
+
+/// Opens the registry (re-checking what was registered before a restart)
+/// and mounts its API; `None` when `registry.enabled` is off.
+pub async fn start(w: &mut Wiring<'_>, store: &Store) -> anyhow::Result<Option<Registry>> {
+    if !w.config.registry.enabled {
+        return Ok(None);
+    }
+    let ready = w.readiness.register("registry");
+    let ns = store
+        .system_namespace("registry")
+        .await
+        .context("cannot open the registry namespace")?;
+    let registry = Registry::open(ns, w.config.registry.clone())
+        .await
+        .context("cannot open the service registry")?;
+    w.control
+        .mount(ControlRoutes::new().nest(
+            PREFIX,
+            trellis_discovery::router(registry.clone()),
+            trellis_discovery::openapi(PREFIX),
+        ))
+        .context("cannot mount the registry API")?;
+    let shutdown = w.shutdown.clone();
+    let stopping = registry.clone();
+    w.spawn("registry", async move {
+        shutdown.triggered().await;
+        stopping.shutdown();
+        Ok(())
+    });
+    ready.set_ready();
+    Ok(Some(registry))
+}

@@ -1,0 +1,158 @@
+//! The gateway and the registry as a user runs them with `trellis up`:
+//! traffic proxied by a configured route, the gateway's own errors, a
+//! SIGHUP reload applied without a restart, gateway metrics on the control
+//! port, and registrations over the registry's REST API.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{Trellis, Workspace};
+use serde_json::{json, Value};
+
+/// An upstream that answers every request with its path.
+async fn upstream() -> SocketAddr {
+    let app = axum::Router::new()
+        .fallback(|uri: axum::http::Uri| async move { format!("upstream saw {}", uri.path()) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn gateway_config(upstream: SocketAddr, response_header: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+
+[[routes]]
+name = "api"
+upstream = "api"
+match = {{ path_prefix = "/api" }}
+rewrite = {{ strip_prefix = true }}
+response_headers = {{ set = {{ "x-config" = "{response_header}" }} }}
+
+[[upstreams]]
+name = "api"
+endpoints = ["{upstream}"]
+"#
+    )
+}
+
+fn gateway_addr(node: &mut Trellis) -> SocketAddr {
+    let line = node.wait_for_line("gateway listening", |l| l.contains("gateway listening"));
+    let addr = line
+        .split("address=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    addr.trim_matches('"').parse().unwrap()
+}
+
+#[tokio::test]
+async fn proxies_reloads_on_sighup_and_serves_the_registry() {
+    let up = upstream().await;
+    let ws = Workspace::new();
+    let config = ws.up_config("", &gateway_config(up, "one"));
+    let mut node = Trellis::up(&ws, &config);
+    let gateway = gateway_addr(&mut node);
+    let control = node.control_addr();
+    let client = reqwest::Client::new();
+
+    let resp = client
+        .get(format!("http://{gateway}/api/orders/7"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["x-config"], "one");
+    assert!(resp.headers().contains_key("x-request-id"));
+    assert_eq!(resp.text().await.unwrap(), "upstream saw /orders/7");
+
+    // The gateway's own errors are problem details, with a stable code.
+    let resp = client
+        .get(format!("http://{gateway}/elsewhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let problem: Value = resp.json().await.unwrap();
+    assert_eq!(problem["code"], "no_route");
+
+    // Edit the file and send SIGHUP: the new route config takes over
+    // without a restart.
+    std::fs::write(&config, {
+        let text = std::fs::read_to_string(&config).unwrap();
+        text.replace("\"x-config\" = \"one\"", "\"x-config\" = \"two\"")
+    })
+    .unwrap();
+    node.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = client
+            .get(format!("http://{gateway}/api/x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        if resp.headers()["x-config"] == "two" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reload not applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let metrics = client
+        .get(format!("http://{control}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("trellis_gateway_"),
+        "gateway metrics missing: {metrics}"
+    );
+    assert_eq!(metrics.matches("# EOF").count(), 1);
+
+    // The registry: register an instance, then discover it.
+    let resp = client
+        .put(format!(
+            "http://{control}/v1/registry/services/orders/instances/orders-1"
+        ))
+        .json(&json!({"address": "127.0.0.1", "port": up.port(), "tags": ["v1"]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+    let resp = client
+        .put(format!(
+            "http://{control}/v1/registry/services/orders/instances/bad"
+        ))
+        .json(&json!({"address": "127.0.0.1", "port": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let found: Value = client
+        .get(format!("http://{control}/v1/registry/services/orders"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        found.to_string().contains("orders-1"),
+        "instance missing: {found}"
+    );
+
+    node.signal("TERM");
+    let (exit, _) = node.wait_exit();
+    assert!(exit.success(), "{exit:?}");
+}
