@@ -1,7 +1,8 @@
 //! The gateway and the registry as a user runs them with `trellis up`:
 //! traffic proxied by a configured route, the gateway's own errors, a
 //! SIGHUP reload applied without a restart, gateway metrics on the control
-//! port, and registrations over the registry's REST API.
+//! port, registrations over the registry's REST API, and an upstream that
+//! follows the registry by watch.
 
 mod common;
 
@@ -35,9 +36,19 @@ match = {{ path_prefix = "/api" }}
 rewrite = {{ strip_prefix = true }}
 response_headers = {{ set = {{ "x-config" = "{response_header}" }} }}
 
+[[routes]]
+name = "orders"
+upstream = "orders"
+match = {{ path_prefix = "/svc" }}
+rewrite = {{ strip_prefix = true }}
+
 [[upstreams]]
 name = "api"
 endpoints = ["{upstream}"]
+
+[[upstreams]]
+name = "orders"
+service = "orders"
 "#
     )
 }
@@ -120,6 +131,21 @@ async fn proxies_reloads_on_sighup_and_serves_the_registry() {
     );
     assert_eq!(metrics.matches("# EOF").count(), 1);
 
+    // An upstream that follows the registry has nobody to send to yet.
+    let status = |path: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("http://{gateway}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status("/svc/a").await, 503);
+
     // The registry: register an instance, then discover it.
     let resp = client
         .put(format!(
@@ -151,6 +177,29 @@ async fn proxies_reloads_on_sighup_and_serves_the_registry() {
         found.to_string().contains("orders-1"),
         "instance missing: {found}"
     );
+
+    // The gateway follows the registration by watch, and the deregistration.
+    let eventually = |want: u16| async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = status("/svc/a").await;
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "still {got}, want {want}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    eventually(200).await;
+    let resp = client
+        .delete(format!(
+            "http://{control}/v1/registry/services/orders/instances/orders-1"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    eventually(503).await;
 
     node.signal("TERM");
     let (exit, _) = node.wait_exit();

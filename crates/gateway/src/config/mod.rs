@@ -370,6 +370,13 @@ pub struct UpstreamConfig {
     pub name: String,
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
+    /// Follow the service registry instead of listing `endpoints`: the
+    /// upstream serves the healthy instances of this service, updated by
+    /// watch as they come and go. The gateway itself only exposes
+    /// [`Upstream::set_endpoints`](crate::upstream::Upstream::set_endpoints);
+    /// the `trellis` binary does the following.
+    #[serde(default)]
+    pub service: Option<String>,
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     #[serde(default)]

@@ -367,6 +367,17 @@ fn check_header_rules(at: &str, rules: &HeaderRules, errs: &mut Errors) {
 }
 
 fn check_upstream(at: &str, u: &UpstreamConfig, errs: &mut Errors) {
+    if let Some(service) = &u.service {
+        if !u.endpoints.is_empty() {
+            errs.push(
+                format!("{at}.service"),
+                "give either `service` (follow the registry) or `endpoints`, not both",
+            );
+        }
+        if service.is_empty() {
+            errs.push(format!("{at}.service"), "must name a service");
+        }
+    }
     for (j, e) in u.endpoints.iter().enumerate() {
         let p = format!("{at}.endpoints[{j}]");
         match e.address().parse::<http::uri::Authority>() {

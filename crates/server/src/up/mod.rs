@@ -78,8 +78,8 @@ async fn start_components(w: &mut Wiring<'_>) -> anyhow::Result<()> {
     let store = components::store::open(w.config).await?;
     let events = components::events::start(w, &store).await?;
     components::cqrs::start(w, &events).await?;
-    components::registry::start(w, &store).await?;
-    components::gateway::start(w).await?;
+    let registry = components::registry::start(w, &store).await?;
+    components::gateway::start(w, registry.as_ref()).await?;
     Ok(())
 }
 
