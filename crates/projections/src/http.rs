@@ -22,9 +22,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
+use trellis_events::http::json_body;
 pub use trellis_events::http::Problem;
 
 use crate::error::ProjectionError;
@@ -123,40 +123,11 @@ pub fn problem(e: ProjectionError) -> Problem {
     }
 }
 
-fn parse_json<T: DeserializeOwned>(body: std::result::Result<Bytes, BytesRejection>) -> Result<T> {
-    let bytes = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "Payload too large",
-                e.body_text(),
-            )
-        } else {
-            Problem::bad_request("unreadable_body", e.body_text())
-        }
-    })?;
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let code = if inner.is_syntax() || inner.is_eof() {
-            "malformed_json"
-        } else {
-            "invalid_body"
-        };
-        Problem::bad_request(code, format!("at `{path}`: {inner}")).with("path", json!(path))
-    })?;
-    de.end()
-        .map_err(|e| Problem::bad_request("malformed_json", format!("trailing characters: {e}")))?;
-    Ok(value)
-}
-
 async fn create(
     State(p): State<Projections>,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    let def: ProjectionDefinition = parse_json(body)?;
+    let def: ProjectionDefinition = json_body(body)?;
     let status = p.create(def).await.map_err(problem)?;
     Ok((StatusCode::CREATED, Json(status)).into_response())
 }
@@ -188,7 +159,7 @@ async fn update_script(
     Path(name): Path<String>,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    let body: ScriptBody = parse_json(body)?;
+    let body: ScriptBody = json_body(body)?;
     p.update_script(&name, &body.script)
         .await
         .map_err(problem)?;

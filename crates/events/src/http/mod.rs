@@ -32,13 +32,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
 pub use openapi::openapi;
-pub use problem::Problem;
+pub use problem::{body_bytes, json_body, parse_json, Problem};
 pub use tenant::{EventStores, Tenant, NAMESPACE_TOKEN_HEADER};
 
 use crate::read::MAX_READ_COUNT;
@@ -91,38 +90,6 @@ pub fn router_for(stores: EventStores) -> Router {
 }
 
 type Result<T> = std::result::Result<T, Problem>;
-
-fn body_bytes(body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> {
-    body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "Payload too large",
-                e.body_text(),
-            )
-        } else {
-            Problem::bad_request("unreadable_body", e.body_text())
-        }
-    })
-}
-
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let code = if inner.is_syntax() || inner.is_eof() {
-            "malformed_json"
-        } else {
-            "invalid_body"
-        };
-        Problem::bad_request(code, format!("at `{path}`: {inner}")).with("path", json!(path))
-    })?;
-    de.end()
-        .map_err(|e| Problem::bad_request("malformed_json", format!("trailing characters: {e}")))?;
-    Ok(value)
-}
 
 fn expected_from_header(headers: &HeaderMap) -> Result<Option<ExpectedVersion>> {
     let Some(v) = headers.get(EXPECTED_VERSION_HEADER) else {

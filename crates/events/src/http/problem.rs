@@ -2,8 +2,11 @@
 //! `application/problem+json` with `type`, `title`, `status`, `detail` and a
 //! stable machine-readable `code`.
 
+use axum::extract::rejection::BytesRejection;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
 use crate::error::{AppendError, ReadError};
@@ -169,4 +172,46 @@ impl From<ReadError> for Problem {
             ReadError::Store(e) => store_problem(&e),
         }
     }
+}
+
+/// The request body, or the problem that kept it from being read (`413`
+/// past the body limit, `400` otherwise).
+pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Problem> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Payload too large",
+                e.body_text(),
+            )
+        } else {
+            Problem::bad_request("unreadable_body", e.body_text())
+        }
+    })
+}
+
+/// Parses a JSON body strictly (no trailing data); a failure is a `400`
+/// naming the path at fault, `malformed_json` or `invalid_body`.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let code = if inner.is_syntax() || inner.is_eof() {
+            "malformed_json"
+        } else {
+            "invalid_body"
+        };
+        Problem::bad_request(code, format!("at `{path}`: {inner}")).with("path", json!(path))
+    })?;
+    de.end()
+        .map_err(|e| Problem::bad_request("malformed_json", format!("trailing characters: {e}")))?;
+    Ok(value)
+}
+
+/// A JSON request body: [`body_bytes`] then [`parse_json`], for every REST
+/// API built on the event store (projections, persistent subscriptions).
+pub fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, Problem> {
+    parse_json(&body_bytes(body)?)
 }

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::{PersistentError, PersistentSubscriptions, SubscriptionDefinition};
-use crate::http::Problem;
+use crate::http::{parse_json, Problem};
 
 /// The routes; mount under a prefix of the control API.
 pub fn router(subs: PersistentSubscriptions) -> Router {
@@ -87,17 +87,7 @@ async fn create(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let bytes = body.map_err(|e| Problem::bad_request("unreadable_body", e.body_text()))?;
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
-    let def: SubscriptionDefinition = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let code = if inner.is_syntax() || inner.is_eof() {
-            "malformed_json"
-        } else {
-            "invalid_body"
-        };
-        Problem::bad_request(code, format!("at `{path}`: {inner}")).with("path", json!(path))
-    })?;
+    let def: SubscriptionDefinition = parse_json(&bytes)?;
     let status = s.create(def).await?;
     Ok((StatusCode::CREATED, Json(status)).into_response())
 }
