@@ -161,7 +161,7 @@ pub use api_key::{
 };
 pub use authenticator::Authenticator;
 pub use config::{AuthConfig, ConfigError, ConfigErrors, Secret};
-pub use cors::{Cors, CorsConfig, CorsLayer, CorsPolicy};
+pub use cors::{apply_cors_headers, Cors, CorsConfig, CorsDecision, CorsLayer, CorsPolicy};
 pub use error::{AuthError, FailureCode};
 pub use identity::{Credential, Identity};
 pub use jwt::{JwksStatus, JwtConfig, JwtKeyConfig, JwtVerifier, UnixClock, VerifiedToken};

@@ -21,6 +21,7 @@
 
 pub mod body;
 pub mod config;
+mod cors;
 mod listener;
 pub mod metrics;
 mod policy;

@@ -9,7 +9,7 @@ use crate::config::{BreakerPolicy, BulkheadPolicy, RateLimitPolicy};
 use http::HeaderName;
 use std::net::IpAddr;
 use std::sync::Arc;
-use trellis_auth::{AuthConfig, Authenticator, Identity};
+use trellis_auth::{AuthConfig, Authenticator, CorsConfig, CorsPolicy, Identity};
 use trellis_resilience::breaker::{CircuitBreaker, CircuitBreakerConfig, SlidingWindow};
 use trellis_resilience::bulkhead::{Bulkhead, BulkheadConfig};
 use trellis_resilience::ratelimit::{
@@ -19,6 +19,7 @@ use trellis_resilience::ratelimit::{
 /// Every policy a route enforces.
 #[derive(Default)]
 pub(crate) struct RoutePolicies {
+    pub(crate) cors: Option<CorsPolicy>,
     pub(crate) auth: Option<Arc<Authenticator>>,
     pub(crate) limiter: Option<RouteLimiter>,
     pub(crate) bulkhead: Option<Bulkhead>,
@@ -28,6 +29,7 @@ pub(crate) struct RoutePolicies {
 impl std::fmt::Debug for RoutePolicies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RoutePolicies")
+            .field("cors", &self.cors.is_some())
             .field("auth", &self.auth.is_some())
             .field("rate_limit", &self.limiter.is_some())
             .field("bulkhead", &self.bulkhead.is_some())
@@ -175,23 +177,40 @@ impl RouteLimiter {
 pub(crate) fn check_auth(value: &serde_json::Value) -> Vec<(String, String)> {
     match serde_json::from_value::<AuthConfig>(value.clone()) {
         Err(e) => vec![(String::new(), e.to_string())],
-        Ok(config) => match config.validate() {
-            Ok(()) => Vec::new(),
-            Err(errs) => errs
-                .errors()
-                .iter()
-                .map(|e| {
-                    (
-                        if e.path.is_empty() {
-                            String::new()
-                        } else {
-                            format!(".{}", e.path)
-                        },
-                        e.message.clone(),
-                    )
-                })
-                .collect(),
-        },
+        Ok(config) => located(config.validate()),
+    }
+}
+
+/// Every problem in a `cors` section, as (path below `cors`, message).
+pub(crate) fn check_cors(value: &serde_json::Value) -> Vec<(String, String)> {
+    match serde_json::from_value::<CorsConfig>(value.clone()) {
+        Err(e) => vec![(String::new(), e.to_string())],
+        Ok(config) => located(config.validate()),
+    }
+}
+
+pub(crate) fn cors(value: &serde_json::Value) -> Result<CorsPolicy, String> {
+    let config: CorsConfig = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    CorsPolicy::from_config(&config).map_err(|e| e.to_string())
+}
+
+fn located(result: Result<(), trellis_auth::ConfigErrors>) -> Vec<(String, String)> {
+    match result {
+        Ok(()) => Vec::new(),
+        Err(errs) => errs
+            .errors()
+            .iter()
+            .map(|e| {
+                (
+                    if e.path.is_empty() {
+                        String::new()
+                    } else {
+                        format!(".{}", e.path)
+                    },
+                    e.message.clone(),
+                )
+            })
+            .collect(),
     }
 }
 

@@ -112,6 +112,7 @@ impl Runtime {
 /// can still fail here.
 async fn build_policies(r: &crate::config::Route) -> Result<RoutePolicies, String> {
     Ok(RoutePolicies {
+        cors: r.cors.as_ref().map(policy::cors).transpose()?,
         auth: match &r.auth {
             Some(a) => Some(policy::authenticator(a).await?),
             None => None,

@@ -105,7 +105,7 @@ fn policy_sections_are_checked_with_their_paths() {
         [[routes]]
         name = "r"
         upstream = "up"
-        cors = { allow_origins = ["*"] }
+        cors = { allowed_origins = ["*", "https://app.example.com/"], allow_credentials = true }
         rate_limit = { requests = 0, per = "1s" }
         bulkhead = { max_concurrent = 0 }
         auth = { api_keys = { keys = [] }, bogus = 1 }
@@ -113,13 +113,16 @@ fn policy_sections_are_checked_with_their_paths() {
         name = "claims"
         upstream = "up"
         rate_limit = { requests = 5, per = "1s", key = "claim:sub" }
+        cors = { allow_origins = ["*"] }
         [[upstreams]]
         name = "up"
     "#)
     .unwrap();
     let errs = cfg.validate().unwrap_err().to_string();
     for expected in [
-        "routes[0].cors: not enforced",
+        "routes[0].cors.allowed_origins[0]: \"*\" cannot be combined with allow_credentials",
+        "routes[0].cors.allowed_origins[1]: \"https://app.example.com/\": an origin is scheme://host[:port]",
+        "routes[1].cors: unknown field `allow_origins`",
         "routes[0].rate_limit.requests",
         "routes[0].bulkhead",
         "routes[0].auth",

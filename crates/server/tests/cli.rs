@@ -198,3 +198,38 @@ fn auth_hash_key_reads_stdin_and_matches_gen_key() {
     assert!(!empty.status.success());
     assert!(common::text(&empty.stderr).contains("no key on stdin"));
 }
+
+#[test]
+fn check_locates_cors_mistakes_in_a_route() {
+    let (err, file) = check_fails(
+        r#"[[routes]]
+name = "app"
+upstream = "up"
+
+[routes.cors]
+allowed_origins = ["https://app.example.com", "https://app.example.com/"]
+allow_credentials = true
+
+[[routes]]
+name = "any"
+upstream = "up"
+cors = { allowed_origins = ["*"], allow_credentials = true }
+
+[[upstreams]]
+name = "up"
+endpoints = ["127.0.0.1:8081"]
+"#,
+    );
+    assert!(
+        err.contains(&format!(
+            "{file}:6:47: routes[0].cors.allowed_origins[1]: \"https://app.example.com/\": an origin is scheme://host[:port]"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{file}:12:29: routes[1].cors.allowed_origins[0]: \"*\" cannot be combined with allow_credentials = true"
+        )),
+        "{err}"
+    );
+}

@@ -7,8 +7,10 @@
 //! answer); only preflights, which exist to ask permission, are answered
 //! here, with `403` when the answer is no.
 
+mod decide;
 mod service;
 
+pub use decide::{apply_cors_headers, CorsDecision};
 pub use service::{Cors, CorsFuture, CorsLayer};
 
 use crate::config::{duration, ConfigErrors};

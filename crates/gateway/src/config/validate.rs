@@ -301,13 +301,10 @@ fn check_route(at: &str, r: &Route, errs: &mut Errors) {
             "must be greater than zero",
         );
     }
-    // CORS is refused rather than silently ignored until it is wired: a
-    // route that looks configured must behave as configured.
-    if r.cors.is_some() {
-        errs.push(
-            format!("{at}.cors"),
-            "not enforced by this build of the gateway yet; remove it",
-        );
+    if let Some(cors) = &r.cors {
+        for (path, e) in crate::policy::check_cors(cors) {
+            errs.push(format!("{at}.cors{path}"), e);
+        }
     }
     if let Some(b) = &r.breaker {
         if let Err(e) = crate::policy::breaker(b, &r.name) {

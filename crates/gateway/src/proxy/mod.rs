@@ -13,6 +13,7 @@ mod problem;
 mod retry;
 mod upgrade;
 
+pub(crate) use headers::X_REQUEST_ID;
 pub use problem::GatewayError;
 pub(crate) use retry::RetryState;
 
@@ -64,7 +65,18 @@ pub(crate) async fn handle(
     let (response, route) = match outcome {
         Err(e) => (e.response(grpc, Some(&request_id)), None),
         Ok(route) => {
-            let resp = match RouteService::serve(&route, listener, conn, req).await {
+            let (cors, preflight) = crate::cors::begin(
+                route.policies.cors.as_ref(),
+                req.method(),
+                req.headers(),
+                grpc,
+                &request_id,
+            );
+            let served = match preflight {
+                Some(answer) => Ok(answer),
+                None => RouteService::serve(&route, listener, conn, req).await,
+            };
+            let mut resp = match served {
                 Ok(mut r) => {
                     r.headers_mut()
                         .insert(headers::X_REQUEST_ID, request_id.clone());
@@ -79,6 +91,7 @@ pub(crate) async fn handle(
                     resp
                 }
             };
+            crate::cors::finish(&mut resp, cors);
             (resp, Some(route))
         }
     };

@@ -30,6 +30,8 @@ pub enum GatewayError {
     PayloadTooLarge,
     UriTooLong,
     BadRequest,
+    /// A CORS preflight the route's policy does not allow.
+    CorsRejected,
 }
 
 impl GatewayError {
@@ -46,6 +48,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge => "payload_too_large",
             GatewayError::UriTooLong => "uri_too_long",
             GatewayError::BadRequest => "bad_request",
+            GatewayError::CorsRejected => "cors_rejected",
         }
     }
 
@@ -61,6 +64,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
             GatewayError::BadRequest => StatusCode::BAD_REQUEST,
+            GatewayError::CorsRejected => StatusCode::FORBIDDEN,
         }
     }
 
@@ -78,6 +82,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge => "The request body is too large",
             GatewayError::UriTooLong => "The request target is too long",
             GatewayError::BadRequest => "The request is malformed",
+            GatewayError::CorsRejected => "This cross-origin request is not allowed",
         }
     }
 
@@ -90,6 +95,7 @@ impl GatewayError {
             GatewayError::UpstreamError | GatewayError::CircuitOpen { .. } => 14,
             GatewayError::RateLimited { .. } | GatewayError::PayloadTooLarge => 8, // RESOURCE_EXHAUSTED
             GatewayError::UriTooLong | GatewayError::BadRequest => 3, // INVALID_ARGUMENT
+            GatewayError::CorsRejected => 7,                          // PERMISSION_DENIED
         }
     }
 
@@ -165,6 +171,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge => "The%20request%20body%20is%20too%20large",
             GatewayError::UriTooLong => "The%20request%20target%20is%20too%20long",
             GatewayError::BadRequest => "The%20request%20is%20malformed",
+            GatewayError::CorsRejected => "This%20cross-origin%20request%20is%20not%20allowed",
         }
     }
 }
@@ -197,6 +204,7 @@ mod tests {
             GatewayError::PayloadTooLarge,
             GatewayError::UriTooLong,
             GatewayError::BadRequest,
+            GatewayError::CorsRejected,
         ] {
             assert_eq!(e.title_encoded(), e.title().replace(' ', "%20"));
         }
