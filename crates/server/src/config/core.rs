@@ -224,3 +224,32 @@ impl Validate for DataConfig {
         }
     }
 }
+
+/// `[reload]`: how a running node picks up edits to its config file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Reload when the config file changes on disk, as on SIGHUP.
+    pub watch: bool,
+    /// Quiet time after the last change before the file is read, so an
+    /// editor's several writes (or a write then a rename) make one reload.
+    #[serde(deserialize_with = "de::duration")]
+    pub debounce: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: true,
+            debounce: Duration::from_millis(200),
+        }
+    }
+}
+
+impl Validate for ReloadConfig {
+    fn validate(&self, v: &mut Validator) {
+        if self.debounce < Duration::from_millis(10) || self.debounce > Duration::from_secs(60) {
+            v.invalid("debounce", "must be between 10ms and 60s");
+        }
+    }
+}

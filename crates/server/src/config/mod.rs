@@ -23,7 +23,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-pub use self::core::{ControlConfig, DataConfig, LogConfig, LogFormat, Secret};
+pub use self::core::{ControlConfig, DataConfig, LogConfig, LogFormat, ReloadConfig, Secret};
 pub use error::{ConfigError, Diagnostic, Location};
 pub use live::LiveConfig;
 pub use store::{StoreBackend, StoreSection};
@@ -39,6 +39,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[data]`: where embedded state lives.
     pub data: DataConfig,
+    /// `[reload]`: watching the config file for edits.
+    pub reload: ReloadConfig,
     /// `[store]`: the database behind events, the registry and projections.
     pub store: StoreSection,
     /// `[registry]`: the service registry.
@@ -56,6 +58,7 @@ impl Validate for Config {
         v.section("control", &self.control);
         v.section("log", &self.log);
         v.section("data", &self.data);
+        v.section("reload", &self.reload);
         v.section("store", &self.store);
         if let Err(trellis_discovery::RegistryError::Invalid { field, reason }) =
             self.registry.validate()

@@ -10,6 +10,7 @@
 mod data_dir;
 mod reload;
 mod tasks;
+mod watch;
 
 pub use data_dir::{DataDirError, DataDirLock};
 pub use tasks::Wiring;
@@ -112,6 +113,12 @@ impl Node {
         let control_ready = readiness.register("control");
         let live = LiveConfig::new(config.clone());
         let mut tasks = Tasks::default();
+        if let (Some(file), true) = (&config_file, config.reload.watch) {
+            tasks.spawn(
+                "config file watcher",
+                watch::watch_file(file.clone(), live.clone(), reload.clone(), shutdown.clone()),
+            );
+        }
         tasks.spawn(
             "config reloader",
             reload::Reloader {

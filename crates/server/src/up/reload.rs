@@ -90,6 +90,9 @@ impl Reloader {
             ("control", old.control != new.control),
             ("log.format", old.log.format != new.log.format),
             ("data", old.data != new.data),
+            // Turning watching off applies live; turning it on needs the
+            // watcher that was not started.
+            ("reload.watch", !old.reload.watch && new.reload.watch),
         ];
         for (key, changed) in restart_only {
             if changed {
