@@ -9,18 +9,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Trellis, Workspace};
+use common::{gateway_addr, upstream, Trellis, Workspace};
 use serde_json::{json, Value};
-
-/// An upstream that answers every request with its path.
-async fn upstream() -> SocketAddr {
-    let app = axum::Router::new()
-        .fallback(|uri: axum::http::Uri| async move { format!("upstream saw {}", uri.path()) });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
 
 fn gateway_config(upstream: SocketAddr, response_header: &str) -> String {
     format!(
@@ -51,16 +41,6 @@ name = "orders"
 service = "orders"
 "#
     )
-}
-
-fn gateway_addr(node: &mut Trellis) -> SocketAddr {
-    let line = node.wait_for_line("gateway listening", |l| l.contains("gateway listening"));
-    let addr = line
-        .split("address=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    addr.trim_matches('"').parse().unwrap()
 }
 
 #[tokio::test]

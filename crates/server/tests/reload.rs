@@ -13,15 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Trellis, Workspace};
+use common::{upstream, Trellis, Workspace};
 
-async fn upstream() -> SocketAddr {
-    let app = axum::Router::new()
-        .fallback(|uri: axum::http::Uri| async move { format!("upstream saw {}", uri.path()) });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
+fn gateway_addr(node: &mut Trellis) -> SocketAddr {
+    // The node's log is read with a blocking wait; keep the runtime going.
+    tokio::task::block_in_place(|| common::gateway_addr(node))
 }
 
 /// Routes `/a` (and `/b` when `with_b`) to `upstream`, tagging responses
@@ -52,18 +48,6 @@ name = "up"
 endpoints = ["{upstream}"]
 "#
     )
-}
-
-fn gateway_addr(node: &mut Trellis) -> SocketAddr {
-    let line = tokio::task::block_in_place(|| {
-        node.wait_for_line("gateway listening", |l| l.contains("gateway listening"))
-    });
-    let addr = line
-        .split("address=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    addr.trim_matches('"').parse().unwrap()
 }
 
 /// Replaces the file the way many editors save: write a temp file, rename it over.

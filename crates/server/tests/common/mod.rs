@@ -195,3 +195,24 @@ pub fn run(args: &[&str]) -> std::process::Output {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// An upstream that answers every request with its path.
+pub async fn upstream() -> SocketAddr {
+    let app = axum::Router::new()
+        .fallback(|uri: axum::http::Uri| async move { format!("upstream saw {}", uri.path()) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// The gateway listener's address from its startup log line.
+pub fn gateway_addr(node: &mut Trellis) -> SocketAddr {
+    let line = node.wait_for_line("gateway listening", |l| l.contains("gateway listening"));
+    let addr = line
+        .split("address=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    addr.trim_matches('"').parse().unwrap()
+}
