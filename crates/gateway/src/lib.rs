@@ -17,13 +17,17 @@
 //!   (SSE, gRPC, WebSocket upgrades), limits against hostile clients, and the
 //!   gateway's own errors as RFC 9457 problem details or gRPC statuses.
 //! - Access log on the tracing target `trellis::access`; Prometheus metrics
-//!   under `trellis_gateway_*`.
+//!   under `trellis_gateway_*`; with a [`Tracing`] (see
+//!   [`Gateway::start_with_tracing`]) an OpenTelemetry `SERVER` span per
+//!   request, parented by the client's `traceparent` and named in the one
+//!   sent upstream.
 
 pub mod body;
 pub mod config;
 mod cors;
 mod listener;
 pub mod metrics;
+mod otel;
 mod policy;
 pub mod proxy;
 mod route;
@@ -32,6 +36,7 @@ mod tls;
 pub mod upstream;
 
 pub use config::GatewayConfig;
+pub use otel::Tracing;
 pub use proxy::GatewayError;
 pub use tls::TlsError;
 
@@ -76,9 +81,19 @@ impl Gateway {
         config: GatewayConfig,
         registry: &mut prometheus_client::registry::Registry,
     ) -> Result<GatewayHandle, StartError> {
+        Self::start_with_tracing(config, registry, None).await
+    }
+
+    /// [`Gateway::start`], making an OpenTelemetry span of every request
+    /// with `tracing` (kept across reloads). Without it, nothing is traced.
+    pub async fn start_with_tracing(
+        config: GatewayConfig,
+        registry: &mut prometheus_client::registry::Registry,
+        tracing: Option<Tracing>,
+    ) -> Result<GatewayHandle, StartError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
         let metrics = Metrics::register(registry);
-        let runtime = Runtime::build(config, &metrics, None).await?;
+        let runtime = Runtime::build(config, &metrics, None, tracing.map(Arc::new)).await?;
         let mut sockets = Vec::new();
         for l in &runtime.config.listeners {
             let bind_err = |source| StartError::Bind {
@@ -162,7 +177,8 @@ impl GatewayHandle {
                 "running {old:?}, new {new:?}"
             )));
         }
-        let runtime = Runtime::build(config, &self.metrics, Some(&current)).await?;
+        let tracing = current.tracing.clone();
+        let runtime = Runtime::build(config, &self.metrics, Some(&current), tracing).await?;
         self.shared.store(Arc::new(runtime));
         tracing::info!("gateway config reloaded");
         Ok(())

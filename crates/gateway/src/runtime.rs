@@ -5,6 +5,7 @@
 
 use crate::config::{GatewayConfig, Limits, Protocol};
 use crate::metrics::Metrics;
+use crate::otel::Tracing;
 use crate::policy::{self, RoutePolicies};
 use crate::route::{CompiledRoute, RouteTable};
 use crate::upstream::Upstream;
@@ -24,6 +25,8 @@ pub(crate) struct ListenerRuntime {
     pub(crate) limits: Limits,
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     pub(crate) builder: auto::Builder<TokioExecutor>,
+    /// Request spans, when the embedder configured tracing.
+    pub(crate) tracing: Option<Arc<Tracing>>,
 }
 
 /// A compiled config version.
@@ -32,6 +35,7 @@ pub(crate) struct Runtime {
     /// In the order of `config.listeners`, which a reload may not change.
     pub(crate) listeners: Vec<ListenerRuntime>,
     pub(crate) upstreams: HashMap<String, Arc<Upstream>>,
+    pub(crate) tracing: Option<Arc<Tracing>>,
 }
 
 impl Runtime {
@@ -44,6 +48,7 @@ impl Runtime {
         config: GatewayConfig,
         metrics: &Metrics,
         previous: Option<&Runtime>,
+        tracing: Option<Arc<Tracing>>,
     ) -> Result<Runtime, StartError> {
         config.validate()?;
         let mut upstreams = HashMap::new();
@@ -98,12 +103,14 @@ impl Runtime {
                 limits: l.limits.clone(),
                 tls,
                 builder: connection_builder(&l.limits, &l.protocols),
+                tracing: tracing.clone(),
             });
         }
         Ok(Runtime {
             config,
             listeners,
             upstreams,
+            tracing,
         })
     }
 }

@@ -62,6 +62,10 @@ pub(crate) async fn handle(
             .cloned()
             .ok_or(GatewayError::NoRoute)
     });
+    let span = listener.tracing.as_ref().map(|t| {
+        let route = outcome.as_ref().ok().map(|r| &*r.name);
+        t.start(&mut req, &listener.name, route, conn.peer, conn.tls)
+    });
     let (response, route) = match outcome {
         Err(e) => (e.response(grpc, Some(&request_id)), None),
         Ok(route) => {
@@ -96,6 +100,9 @@ pub(crate) async fn handle(
         }
     };
     let elapsed = started.elapsed();
+    if let Some(span) = span {
+        span.finish(&response, route.as_ref().map(|r| r.upstream.name()));
+    }
     if let Some(r) = &route {
         r.metrics.observe(response.status(), elapsed.as_secs_f64());
     }

@@ -87,6 +87,7 @@ pub(super) async fn forward(
         *req.method_mut() = parts.method.clone();
         *req.headers_mut() = parts.headers.clone();
         *req.version_mut() = parts.version;
+        *req.extensions_mut() = parts.extensions.clone();
         let result = attempt(route, req, &path_and_query).await;
         let retriable = match &result {
             Err(GatewayError::UpstreamUnavailable { .. }) => true,
@@ -136,8 +137,9 @@ async fn attempt(
         UpstreamProtocol::Http2 => Version::HTTP_2,
     };
     let started = Instant::now();
+    let traced = req.extensions().get::<crate::otel::Traced>().is_some();
     let fut = upstream.client().request(req);
-    let result = match route.per_try_timeout {
+    let mut result = match route.per_try_timeout {
         Some(t) => match tokio::time::timeout(t, fut).await {
             Ok(r) => r.map_err(|e| classify(&e)),
             Err(_) => Err(GatewayError::UpstreamTimeout),
@@ -145,6 +147,10 @@ async fn attempt(
         None => fut.await.map_err(|e| classify(&e)),
     };
     let latency = started.elapsed();
+    if let (true, Ok(resp)) = (traced, &mut result) {
+        let endpoint = crate::otel::UpstreamEndpoint(endpoint.authority().clone());
+        resp.extensions_mut().insert(endpoint);
+    }
     if let Some(permit) = breaker {
         let failed = match &result {
             Ok(resp) => resp.status().is_server_error(),
