@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use trellis_discovery::{Filter, Registry};
-use trellis_gateway::{Gateway, GatewayHandle};
+use trellis_gateway::{Gateway, GatewayHandle, Tracing};
 
 use crate::up::Wiring;
 
@@ -35,7 +35,9 @@ pub async fn start(
     };
     let ready = w.readiness.register("gateway");
     let mut metrics = prometheus_client::registry::Registry::default();
-    let handle = Gateway::start(config, &mut metrics)
+    let provider = crate::telemetry::otlp::tracer_provider(&w.config.telemetry)?;
+    let tracing = provider.as_ref().map(Tracing::new);
+    let handle = Gateway::start_with_tracing(config, &mut metrics, tracing)
         .await
         .context("cannot start the gateway")?;
     w.metrics.attach(metrics);
@@ -70,6 +72,13 @@ pub async fn start(
             }
         }
         reloading.shutdown(shutdown.grace()).await;
+        if let Some(provider) = provider {
+            // Export what the drain produced; the SDK blocks while it flushes.
+            let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+            if let Ok(Err(e)) = flushed {
+                tracing::warn!(error = %e, "could not flush traces at shutdown");
+            }
+        }
         Ok(())
     });
     if let Some(registry) = registry {

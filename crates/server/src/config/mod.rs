@@ -41,6 +41,8 @@ pub struct Config {
     pub data: DataConfig,
     /// `[reload]`: watching the config file for edits.
     pub reload: ReloadConfig,
+    /// `[telemetry]`: OpenTelemetry traces over OTLP.
+    pub telemetry: crate::telemetry::TelemetryConfig,
     /// `[store]`: the database behind events, the registry and projections.
     pub store: StoreSection,
     /// `[registry]`: the service registry.
@@ -59,6 +61,7 @@ impl Validate for Config {
         v.section("log", &self.log);
         v.section("data", &self.data);
         v.section("reload", &self.reload);
+        v.section("telemetry", &self.telemetry);
         v.section("store", &self.store);
         if let Err(trellis_discovery::RegistryError::Invalid { field, reason }) =
             self.registry.validate()

@@ -90,6 +90,7 @@ impl Reloader {
             ("control", old.control != new.control),
             ("log.format", old.log.format != new.log.format),
             ("data", old.data != new.data),
+            ("telemetry", old.telemetry != new.telemetry),
             // Turning watching off applies live; turning it on needs the
             // watcher that was not started.
             ("reload.watch", !old.reload.watch && new.reload.watch),
