@@ -16,6 +16,9 @@
 //!   `Forwarded`, `X-Request-Id` and `traceparent` set, bodies streamed
 //!   (SSE, gRPC, WebSocket upgrades), limits against hostile clients, and the
 //!   gateway's own errors as RFC 9457 problem details or gRPC statuses.
+//! - Per-route policies: CORS (preflights answered by the gateway) and
+//!   authentication from `trellis-auth`; rate limit, bulkhead, circuit
+//!   breaker, retries and timeouts from `trellis-resilience`.
 //! - Access log on the tracing target `trellis::access`; Prometheus metrics
 //!   under `trellis_gateway_*`; with a [`Tracing`] (see
 //!   [`Gateway::start_with_tracing`]) an OpenTelemetry `SERVER` span per

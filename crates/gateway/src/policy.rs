@@ -1,8 +1,8 @@
 //! A route's policies built from its config with the pattern crates:
-//! authentication from `trellis-auth`, and the circuit breaker, bulkhead and
+//! CORS and authentication from `trellis-auth`, and the circuit breaker, bulkhead and
 //! rate limiter (in memory or in Redis) from `trellis-resilience`. The proxy
-//! applies them in the order auth → rate limit → bulkhead → (per attempt)
-//! breaker, so an unauthenticated caller never spends anyone's quota and a
+//! applies them in the order CORS → auth → rate limit → bulkhead → (per
+//! attempt) breaker, so an unauthenticated caller never spends anyone's quota and a
 //! refused call never reaches the upstream.
 
 use crate::config::{BreakerPolicy, BulkheadPolicy, RateLimitPolicy};

@@ -2,8 +2,8 @@
 //! retries and timeouts, streaming both ways, upgrades, and the gateway's own
 //! error responses.
 //!
-//! A route's policies run in a fixed order — auth, rate limit, bulkhead,
-//! then per attempt the circuit breaker — using the primitives of
+//! A route's policies run in a fixed order — CORS (preflights answered
+//! here), auth, rate limit, bulkhead, then per attempt the circuit breaker — using the primitives of
 //! `trellis-auth` and `trellis-resilience` (permits and decisions) rather than
 //! stacked tower layers, so the per-request path boxes nothing and a route
 //! without policies pays nothing for them.
