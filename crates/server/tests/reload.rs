@@ -222,3 +222,37 @@ async fn watching_can_be_turned_off() {
     node.signal("HUP");
     wait_until_served(&http, &format!("http://{gw}/a/x"), Some("two"), &node).await;
 }
+
+/// A Kubernetes ConfigMap volume: `trellis.toml -> ..data/trellis.toml`,
+/// `..data -> ..v1`; an update writes `..v2` and swaps `..data` by rename.
+/// The file itself is never written, only the symlink changes.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_style_symlink_swap_is_seen() {
+    use std::os::unix::fs::symlink;
+    let up = upstream().await;
+    let ws = Workspace::new();
+    let config = ws.up_config("", &routes(up, "one", false));
+    let text = std::fs::read_to_string(&config).unwrap();
+    let dir = ws.path();
+    std::fs::create_dir(dir.join("..v1")).unwrap();
+    std::fs::write(dir.join("..v1/trellis.toml"), &text).unwrap();
+    symlink("..v1", dir.join("..data")).unwrap();
+    std::fs::remove_file(&config).unwrap();
+    symlink("..data/trellis.toml", &config).unwrap();
+
+    let mut node = Trellis::up(&ws, &config);
+    let gw = gateway_addr(&mut node);
+    let http = reqwest::Client::new();
+    wait_until_served(&http, &format!("http://{gw}/a/x"), Some("one"), &node).await;
+
+    std::fs::create_dir(dir.join("..v2")).unwrap();
+    std::fs::write(
+        dir.join("..v2/trellis.toml"),
+        text.replace("\"x-config\" = \"one\"", "\"x-config\" = \"two\""),
+    )
+    .unwrap();
+    symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    wait_until_served(&http, &format!("http://{gw}/a/x"), Some("two"), &node).await;
+}
