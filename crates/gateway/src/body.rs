@@ -22,7 +22,8 @@ pub enum BodyError {
 /// A request or response body passing through the gateway.
 pub struct Body {
     kind: Kind,
-    /// Something to keep alive as long as the body streams (a bulkhead permit).
+    /// What to keep alive as long as the body streams (a bulkhead permit, a
+    /// request's trace span).
     hold: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
@@ -75,9 +76,12 @@ impl Body {
     }
 
     /// Keeps `guard` alive until this body is dropped, i.e. until the stream
-    /// has been passed on in full or abandoned.
+    /// has been passed on in full or abandoned. Guards held earlier stay.
     pub(crate) fn holding(mut self, guard: impl std::any::Any + Send + Sync) -> Self {
-        self.hold = Some(Box::new(guard));
+        self.hold = Some(match self.hold.take() {
+            None => Box::new(guard),
+            Some(earlier) => Box::new((earlier, guard)),
+        });
         self
     }
 }

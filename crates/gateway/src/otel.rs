@@ -157,7 +157,9 @@ pub(crate) struct RequestSpan {
 }
 
 impl RequestSpan {
-    pub(crate) fn finish(mut self, response: &Response<Body>, upstream: Option<&str>) {
+    /// Records the response on the span, which ends when the response body
+    /// has been sent in full (or abandoned), so a stream's span covers it.
+    pub(crate) fn finish(mut self, response: &mut Response<Body>, upstream: Option<&str>) {
         let status = response.status();
         self.span.set_attribute(KeyValue::new(
             "http.response.status_code",
@@ -179,7 +181,17 @@ impl RequestSpan {
                 .set_attribute(KeyValue::new("error.type", status.as_str().to_owned()));
             self.span.set_status(Status::error(""));
         }
-        self.span.end();
+        let body = std::mem::replace(response.body_mut(), Body::empty());
+        *response.body_mut() = body.holding(EndOnDrop(self.span));
+    }
+}
+
+/// Ends a span when the response body carrying it is dropped.
+struct EndOnDrop(BoxedSpan);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 

@@ -56,6 +56,28 @@ fn provider(receiver: std::net::SocketAddr) -> opentelemetry_sdk::trace::SdkTrac
         .build()
 }
 
+/// Starts a gateway from `cfg` whose request spans go to `provider`.
+async fn start_traced(
+    cfg: &str,
+    provider: &opentelemetry_sdk::trace::SdkTracerProvider,
+) -> (trellis_gateway::GatewayHandle, String) {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let gw = Gateway::start_with_tracing(parse(cfg), &mut registry, Some(Tracing::new(provider)))
+        .await
+        .unwrap();
+    let base = format!("http://{}", gw.local_addr("main").unwrap());
+    (gw, base)
+}
+
+/// Exports every finished span now (the SDK blocks while it does).
+async fn flush(provider: &opentelemetry_sdk::trace::SdkTracerProvider) {
+    let provider = provider.clone();
+    tokio::task::spawn_blocking(move || provider.force_flush())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
     span.attributes
         .iter()
@@ -97,11 +119,7 @@ async fn request_spans_reach_an_otlp_receiver_with_the_right_parents_and_attribu
         "{LISTENER}\n[[routes]]\nname = \"orders\"\nupstream = \"up\"\nmatch = {{ path_prefix = \"/orders\" }}\n[[routes]]\nname = \"down\"\nupstream = \"dead\"\nmatch = {{ path_prefix = \"/down\" }}\n[[upstreams]]\nname = \"up\"\nendpoints = [\"{}\"]\n[[upstreams]]\nname = \"dead\"\nendpoints = [\"127.0.0.1:1\"]\n",
         up.addr
     );
-    let mut registry = prometheus_client::registry::Registry::default();
-    let gw = Gateway::start_with_tracing(parse(&cfg), &mut registry, Some(Tracing::new(&provider)))
-        .await
-        .unwrap();
-    let base = format!("http://{}", gw.local_addr("main").unwrap());
+    let (gw, base) = start_traced(&cfg, &provider).await;
     let http = client();
 
     // A client that is itself traced: the gateway's span is its child.
@@ -120,11 +138,7 @@ async fn request_spans_reach_an_otlp_receiver_with_the_right_parents_and_attribu
     let upstream_tp = seen["headers"]["traceparent"].as_str().unwrap().to_owned();
     assert_eq!(seen["headers"]["tracestate"], "vendor=abc");
 
-    let provider_flush = provider.clone();
-    tokio::task::spawn_blocking(move || provider_flush.force_flush())
-        .await
-        .unwrap()
-        .unwrap();
+    flush(&provider).await;
     let span = next_span(&mut spans).await;
     assert_eq!(span.name, "GET orders");
     assert_eq!(span.kind, 2, "SPAN_KIND_SERVER");
@@ -162,11 +176,7 @@ async fn request_spans_reach_an_otlp_receiver_with_the_right_parents_and_attribu
         .as_str()
         .unwrap()
         .to_owned();
-    let provider_flush = provider.clone();
-    tokio::task::spawn_blocking(move || provider_flush.force_flush())
-        .await
-        .unwrap()
-        .unwrap();
+    flush(&provider).await;
     let (mut down, mut root) = (None, None);
     for _ in 0..2 {
         let s = next_span(&mut spans).await;
@@ -189,6 +199,66 @@ async fn request_spans_reach_an_otlp_receiver_with_the_right_parents_and_attribu
     assert_eq!(
         upstream_tp,
         format!("00-{}-{}-01", hex(&root.trace_id), hex(&root.span_id))
+    );
+    gw.shutdown(Duration::from_secs(1)).await;
+    tokio::task::spawn_blocking(move || provider.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// An upstream streaming three chunks 150 ms apart.
+async fn slow_stream() -> std::net::SocketAddr {
+    let app = axum::Router::new().fallback(|| async {
+        let chunks = futures::stream::unfold(0u32, |i| async move {
+            if i == 3 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            Some((
+                Ok::<_, std::io::Error>(Bytes::from(format!("chunk {i}\n"))),
+                i + 1,
+            ))
+        });
+        axum::body::Body::from_stream(chunks)
+    });
+    serve(app).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_response_is_inside_its_span_and_keeps_its_bulkhead_permit() {
+    let (receiver, mut spans) = otlp_receiver().await;
+    let provider = provider(receiver);
+    let up = slow_stream().await;
+    let cfg = format!(
+        "{LISTENER}\n[[routes]]\nname = \"feed\"\nupstream = \"up\"\nbulkhead = {{ max_concurrent = 1 }}\n[[upstreams]]\nname = \"up\"\nendpoints = [\"{up}\"]\n"
+    );
+    let (gw, base) = start_traced(&cfg, &provider).await;
+    let http = client();
+
+    let resp = http.get(format!("{base}/feed")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Headers are in, the stream is not: the bulkhead is still taken, even
+    // though the response body now also carries the span.
+    let second = http.get(format!("{base}/feed")).send().await.unwrap();
+    assert_eq!(second.status(), 503);
+    assert_eq!(json(second).await["code"], "upstream_overloaded");
+    let body = resp.text().await.unwrap();
+    assert_eq!(body, "chunk 0\nchunk 1\nchunk 2\n");
+
+    flush(&provider).await;
+    let mut feed = None;
+    for _ in 0..2 {
+        let s = next_span(&mut spans).await;
+        if int(&s, "http.response.status_code") == 200 {
+            feed = Some(s);
+        }
+    }
+    let feed = feed.expect("span of the streamed response");
+    let took = Duration::from_nanos(feed.end_time_unix_nano - feed.start_time_unix_nano);
+    assert!(
+        took >= Duration::from_millis(400),
+        "the span ended before the stream did: {took:?}"
     );
     gw.shutdown(Duration::from_secs(1)).await;
     tokio::task::spawn_blocking(move || provider.shutdown())

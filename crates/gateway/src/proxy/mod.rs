@@ -66,7 +66,7 @@ pub(crate) async fn handle(
         let route = outcome.as_ref().ok().map(|r| &*r.name);
         t.start(&mut req, &listener.name, route, conn.peer, conn.tls)
     });
-    let (response, route) = match outcome {
+    let (mut response, route) = match outcome {
         Err(e) => (e.response(grpc, Some(&request_id)), None),
         Ok(route) => {
             let (cors, preflight) = crate::cors::begin(
@@ -101,7 +101,7 @@ pub(crate) async fn handle(
     };
     let elapsed = started.elapsed();
     if let Some(span) = span {
-        span.finish(&response, route.as_ref().map(|r| r.upstream.name()));
+        span.finish(&mut response, route.as_ref().map(|r| r.upstream.name()));
     }
     if let Some(r) = &route {
         r.metrics.observe(response.status(), elapsed.as_secs_f64());
