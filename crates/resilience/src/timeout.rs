@@ -184,11 +184,27 @@ struct Shared {
 
 /// Fails a call with [`Elapsed`] when it outlives its deadline: its own
 /// timeout, or an earlier one it inherited.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Timeout<S, P = Local> {
     inner: S,
     propagation: P,
     shared: Arc<Shared>,
+}
+
+impl<S: Clone, P: Clone> Clone for Timeout<S, P> {
+    /// A clone gets its own `Arc` (to the same event stream): each call
+    /// clones the `Arc` into its future, and clones serving different
+    /// threads would otherwise bounce one reference count between cores.
+    fn clone(&self) -> Self {
+        Timeout {
+            inner: self.inner.clone(),
+            propagation: self.propagation.clone(),
+            shared: Arc::new(Shared {
+                timeout: self.shared.timeout,
+                events: self.shared.events.clone(),
+            }),
+        }
+    }
 }
 
 impl<S> Timeout<S, Local> {
