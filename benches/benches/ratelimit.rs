@@ -82,6 +82,29 @@ fn direct(c: &mut Criterion) {
             })
         })
     });
+    // The like-for-like peer: governor reporting what the RateLimit-*
+    // headers need (remaining burst), as every Trellis decision does.
+    let informed = Arc::new(
+        governor::RateLimiter::direct(governor_quota())
+            .with_middleware::<governor::middleware::StateInformationMiddleware>(),
+    );
+    group.bench_function("governor+state/1-thread", |b| {
+        b.iter(|| black_box(informed.check().map(|s| s.remaining_burst_capacity())))
+    });
+    group.bench_function("governor+state/2-threads", |b| {
+        let informed = informed.clone();
+        b.iter_custom(move |iters| {
+            let informed = informed.clone();
+            contended(2, iters, move |_, _| {
+                black_box(
+                    informed
+                        .check()
+                        .map(|s| s.remaining_burst_capacity())
+                        .is_ok(),
+                );
+            })
+        })
+    });
     trellis_direct(&mut group, "trellis-tokioclock", TokioClock::new());
     trellis_direct(&mut group, "trellis-fastclock", FastClock::new());
     group.finish();
@@ -131,6 +154,40 @@ fn keyed(c: &mut Criterion) {
             contended(2, iters, move |t, i| {
                 let key = &keys[(i as usize * 7 + t) % KEYS];
                 black_box(gov.check_key(key).is_ok());
+            })
+        })
+    });
+    // Like for like: governor also reporting the remaining burst.
+    let informed = Arc::new(
+        governor::RateLimiter::<String, _, _>::keyed(governor_quota())
+            .with_middleware::<governor::middleware::StateInformationMiddleware>(),
+    );
+    for key in keys.iter() {
+        let _ = informed.check_key(key);
+    }
+    group.bench_function("governor+state/1-thread", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            black_box(
+                informed
+                    .check_key(&keys[i])
+                    .map(|s| s.remaining_burst_capacity()),
+            )
+        })
+    });
+    group.bench_function("governor+state/2-threads", |b| {
+        let (informed, keys) = (informed.clone(), keys.clone());
+        b.iter_custom(move |iters| {
+            let (informed, keys) = (informed.clone(), keys.clone());
+            contended(2, iters, move |t, i| {
+                let key = &keys[(i as usize * 7 + t) % KEYS];
+                black_box(
+                    informed
+                        .check_key(key)
+                        .map(|s| s.remaining_burst_capacity())
+                        .is_ok(),
+                );
             })
         })
     });

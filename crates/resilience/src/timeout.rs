@@ -184,11 +184,27 @@ struct Shared {
 
 /// Fails a call with [`Elapsed`] when it outlives its deadline: its own
 /// timeout, or an earlier one it inherited.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Timeout<S, P = Local> {
     inner: S,
     propagation: P,
     shared: Arc<Shared>,
+}
+
+impl<S: Clone, P: Clone> Clone for Timeout<S, P> {
+    /// A clone gets its own `Arc` (to the same event stream): each call
+    /// clones the `Arc` into its future, and clones serving different
+    /// threads would otherwise bounce one reference count between cores.
+    fn clone(&self) -> Self {
+        Timeout {
+            inner: self.inner.clone(),
+            propagation: self.propagation.clone(),
+            shared: Arc::new(Shared {
+                timeout: self.shared.timeout,
+                events: self.shared.events.clone(),
+            }),
+        }
+    }
 }
 
 impl<S> Timeout<S, Local> {
@@ -235,7 +251,8 @@ where
         }
         ResponseFuture {
             inner: self.inner.call(request),
-            sleep: tokio::time::sleep_until(deadline.0),
+            deadline: deadline.0,
+            sleep: None,
             shared: Arc::clone(&self.shared),
             inherited,
         }
@@ -248,8 +265,11 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
+        deadline: Instant,
+        // Armed only when the call first has to wait: a call that completes
+        // on its first poll never touches the timer wheel.
         #[pin]
-        sleep: Sleep,
+        sleep: Option<Sleep>,
         shared: Arc<Shared>,
         inherited: bool,
     }
@@ -264,11 +284,18 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
-        match this.sleep.poll(cx) {
+        if this.sleep.is_none() {
+            this.sleep
+                .set(Some(tokio::time::sleep_until(*this.deadline)));
+        }
+        let Some(sleep) = this.sleep.as_pin_mut() else {
+            return Poll::Pending;
+        };
+        match sleep.poll(cx) {
             Poll::Ready(()) => {
                 this.shared.events.emit(TimeoutEvent::Elapsed {
                     timeout: this.shared.timeout,

@@ -451,3 +451,40 @@ fn bad_config_is_a_typed_error() {
     .unwrap_err();
     assert_eq!(err, InvalidConfig::EmptyWindow);
 }
+
+#[tokio::test(start_paused = true)]
+async fn half_open_gives_up_on_probes_that_take_longer_than_the_max_wait() {
+    let config = count(4, 2, 50.0)
+        .permitted_calls_in_half_open(1)
+        .max_wait_in_half_open(5 * SEC);
+    let b = tripped(config);
+    tokio::time::advance(10 * SEC).await;
+    // The one probe is admitted and hangs.
+    let probe = b.try_acquire().expect("probe admitted");
+    assert_eq!(b.state(), CircuitState::HalfOpen);
+    tokio::time::advance(4 * SEC).await;
+    assert!(b.try_acquire().is_err());
+    assert_eq!(b.state(), CircuitState::HalfOpen, "still within the wait");
+    tokio::time::advance(SEC).await;
+    let refused = b.try_acquire().expect_err("re-opened");
+    assert_eq!(b.state(), CircuitState::Open);
+    assert_eq!(refused.retry_after(), 10 * SEC);
+    // The probe's late success belongs to the old half-open and changes nothing.
+    probe.record(Outcome::success());
+    assert_eq!(b.state(), CircuitState::Open);
+    tokio::time::advance(10 * SEC).await;
+    assert!(b.try_acquire().is_ok());
+    assert_eq!(b.state(), CircuitState::HalfOpen);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_max_wait_half_open_waits_for_its_probes() {
+    let b = tripped(count(4, 2, 50.0).permitted_calls_in_half_open(1));
+    tokio::time::advance(10 * SEC).await;
+    let probe = b.try_acquire().expect("probe admitted");
+    tokio::time::advance(3600 * SEC).await;
+    assert!(b.try_acquire().is_err());
+    assert_eq!(b.state(), CircuitState::HalfOpen);
+    probe.record(Outcome::success());
+    assert_eq!(b.state(), CircuitState::Closed);
+}

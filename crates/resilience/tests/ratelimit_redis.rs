@@ -95,7 +95,6 @@ async fn two_limiters_on_separate_connections_share_one_limit() {
     }
     assert_eq!(admitted, [4, 3, 2, 1, 0]);
     let (a, b) = (gateway_a.snapshot(), gateway_b.snapshot());
-    assert_eq!(a.allowed + b.allowed, 5);
     assert_eq!(a.rejected + b.rejected, 7);
     assert_eq!(a.store_failures + b.store_failures, 0);
 

@@ -81,6 +81,11 @@ pub struct CircuitBreakerConfig {
     /// How many probe calls half-open admits; their outcomes decide whether
     /// the breaker closes or opens again.
     pub permitted_calls_in_half_open: u32,
+    /// The longest half-open may wait for its probes' verdict: past it, a
+    /// call finding no probe slot free re-opens the breaker (resilience4j's
+    /// `maxWaitDurationInHalfOpenState`), so probes that hang cannot keep
+    /// the breaker half-open for ever. `None` (the default) waits for them.
+    pub max_wait_in_half_open: Option<Duration>,
 }
 
 impl Default for CircuitBreakerConfig {
@@ -95,6 +100,7 @@ impl Default for CircuitBreakerConfig {
             open_duration: Duration::from_secs(60),
             open_backoff: None,
             permitted_calls_in_half_open: 10,
+            max_wait_in_half_open: None,
         }
     }
 }
@@ -148,6 +154,12 @@ impl CircuitBreakerConfig {
     /// Sets [`permitted_calls_in_half_open`](Self::permitted_calls_in_half_open).
     pub fn permitted_calls_in_half_open(mut self, calls: u32) -> Self {
         self.permitted_calls_in_half_open = calls;
+        self
+    }
+
+    /// Sets [`max_wait_in_half_open`](Self::max_wait_in_half_open).
+    pub fn max_wait_in_half_open(mut self, wait: Duration) -> Self {
+        self.max_wait_in_half_open = Some(wait);
         self
     }
 
@@ -207,6 +219,9 @@ impl CircuitBreakerConfig {
             open_duration: self.open_duration,
             backoff: self.open_backoff,
             half_open_calls: self.permitted_calls_in_half_open,
+            half_open_max_wait: self
+                .max_wait_in_half_open
+                .map(|wait| u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX)),
         })
     }
 }
@@ -273,6 +288,8 @@ pub(crate) struct Settings {
     pub open_duration: Duration,
     pub backoff: Option<OpenBackoff>,
     pub half_open_calls: u32,
+    /// `max_wait_in_half_open` in nanoseconds.
+    pub half_open_max_wait: Option<u64>,
 }
 
 impl Settings {

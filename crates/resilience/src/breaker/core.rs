@@ -62,6 +62,9 @@ struct Core {
     trips: u32,
     /// Nanoseconds since the epoch at which an open breaker may half-open.
     open_until: u64,
+    /// Nanoseconds since the epoch past which half-open stops waiting for
+    /// its probes (`u64::MAX`: it waits).
+    half_open_until: u64,
 }
 
 /// The words every call reads, on a cache line of their own: the mutex
@@ -107,6 +110,7 @@ impl Shared {
                 probes: Probes::default(),
                 trips: 0,
                 open_until: 0,
+                half_open_until: u64::MAX,
             }),
             timed: matches!(settings.window, WindowSettings::Time { .. }),
             settings,
@@ -186,6 +190,13 @@ impl Shared {
                             word: core.word,
                             start: self.start(),
                         })
+                    } else if now >= core.half_open_until {
+                        // The probes took too long to give a verdict.
+                        self.enter(&mut core, CircuitState::Open, &mut pending);
+                        Err((
+                            CircuitState::Open,
+                            Duration::from_nanos(core.open_until.saturating_sub(now)),
+                        ))
                     } else {
                         // The verdict is pending on the probes in flight.
                         Err((CircuitState::HalfOpen, Duration::ZERO))
@@ -331,6 +342,12 @@ impl Shared {
                     .store(core.open_until, Ordering::Release);
             }
             CircuitState::Closed => core.trips = 0,
+            CircuitState::HalfOpen => {
+                core.half_open_until = match self.settings.half_open_max_wait {
+                    Some(wait) => self.now_nanos().saturating_add(wait),
+                    None => u64::MAX,
+                };
+            }
             _ => {}
         }
         self.published.word.store(core.word, Ordering::Release);

@@ -14,7 +14,7 @@
 //! sweep can never forget a bulkhead a caller is about to use.
 
 use super::{Bulkhead, BulkheadConfig, BulkheadConfigError, BulkheadEvent, BulkheadFull};
-use super::{BulkheadPermit, BulkheadSnapshot, QueueSlot};
+use super::{BulkheadPermit, BulkheadSnapshot, QueueSlot, Reserved};
 use crate::observe::EventStream;
 use crate::BoxError;
 use parking_lot::Mutex;
@@ -205,7 +205,8 @@ where
             return Admission::Permit(permit);
         }
         match bulkhead.reserve() {
-            Ok(slot) => Admission::Queued(slot),
+            Ok(Reserved::Permit(permit)) => Admission::Permit(permit),
+            Ok(Reserved::Queued(slot)) => Admission::Queued(slot),
             Err(refusal) => Admission::Refused(refusal.event()),
         }
     }

@@ -16,6 +16,7 @@
 //! (tenant, route, upstream) with a bound on how many keys are remembered.
 
 mod keyed;
+mod permits;
 mod service;
 
 pub use keyed::{
@@ -25,10 +26,10 @@ pub use keyed::{
 pub use service::{BulkheadLayer, BulkheadService, ResponseFuture};
 
 use crate::observe::EventStream;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use permits::{Enqueued, Permits, Waiter, MAX_PERMITS};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A call refused because every permit was taken and the wait queue was full,
 /// or the call waited longer than the bulkhead's maximum wait.
@@ -70,10 +71,10 @@ impl BulkheadConfig {
         if self.max_concurrent == 0 {
             return Err(BulkheadConfigError::ZeroConcurrency);
         }
-        if self.max_concurrent > Semaphore::MAX_PERMITS {
+        if self.max_concurrent > MAX_PERMITS {
             return Err(BulkheadConfigError::TooManyPermits {
                 max_concurrent: self.max_concurrent,
-                limit: Semaphore::MAX_PERMITS,
+                limit: MAX_PERMITS,
             });
         }
         Ok(())
@@ -152,17 +153,23 @@ impl Refusal {
     }
 }
 
+/// A caller's place after [`Bulkhead::reserve`].
+pub(crate) enum Reserved {
+    /// A permit came free meanwhile.
+    Permit(BulkheadPermit),
+    /// Waiting in line.
+    Queued(QueueSlot),
+}
+
 /// A bulkhead, shared by every clone.
 #[derive(Debug, Clone)]
 pub struct Bulkhead {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
 struct Shared {
-    semaphore: Arc<Semaphore>,
+    permits: Permits,
     config: BulkheadConfig,
-    queued: AtomicUsize,
     rejected: AtomicU64,
     timed_out: AtomicU64,
     /// `None` for the per-key bulkheads of a [`KeyedBulkhead`], which
@@ -170,45 +177,73 @@ struct Shared {
     events: Option<EventStream<BulkheadEvent>>,
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bulkhead")
+            .field("config", &self.config)
+            .field("available", &self.permits.available())
+            .field("queued", &self.permits.waiting())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The right to run one call; dropping it frees the permit.
 #[derive(Debug)]
 #[must_use = "the permit is released as soon as it is dropped"]
 pub struct BulkheadPermit {
-    _permit: OwnedSemaphorePermit,
+    bulkhead: Bulkhead,
 }
 
-/// A reserved place in a bulkhead's wait queue, freed on drop.
-#[derive(Debug)]
+impl Drop for BulkheadPermit {
+    fn drop(&mut self) {
+        self.bulkhead.shared.permits.release();
+    }
+}
+
+/// A place in a bulkhead's wait queue, given up on drop.
 pub(crate) struct QueueSlot {
     bulkhead: Bulkhead,
+    /// `None` once the slot has turned into a permit or a refusal.
+    waiter: Option<Arc<Waiter>>,
+}
+
+impl std::fmt::Debug for QueueSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueSlot").finish_non_exhaustive()
+    }
 }
 
 impl Drop for QueueSlot {
     fn drop(&mut self) {
-        self.bulkhead.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        if let Some(waiter) = self.waiter.take() {
+            // Handed a permit just as we gave up: give it back.
+            if self.bulkhead.shared.permits.leave(&waiter) {
+                self.bulkhead.shared.permits.release();
+            }
+        }
     }
 }
 
 impl QueueSlot {
     /// Waits for a permit, up to the bulkhead's `max_wait`. The slot is
     /// held (and counted as queued) until the wait ends or is dropped.
-    pub(crate) async fn wait(self) -> Result<BulkheadPermit, Refusal> {
-        let shared = &self.bulkhead.shared;
+    pub(crate) async fn wait(mut self) -> Result<BulkheadPermit, Refusal> {
+        let Some(waiter) = self.waiter.clone() else {
+            return Err(Refusal::QueueFull);
+        };
+        let bulkhead = self.bulkhead.clone();
+        let shared = &bulkhead.shared;
         let max_wait = shared.config.max_wait;
-        let acquire = shared.semaphore.clone().acquire_owned();
-        let outcome = tokio::time::timeout(max_wait, acquire).await;
-        match outcome {
-            Ok(Ok(permit)) => Ok(BulkheadPermit { _permit: permit }),
-            // The semaphore is never closed; treat it as full if it ever is.
-            Ok(Err(_closed)) => {
-                shared.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(Refusal::QueueFull)
-            }
-            Err(_elapsed) => {
-                shared.timed_out.fetch_add(1, Ordering::Relaxed);
-                Err(Refusal::Timeout(max_wait))
-            }
+        let outcome = tokio::time::timeout(max_wait, waiter.granted()).await;
+        self.waiter = None;
+        // A permit handed over as the timer fired is still taken.
+        if outcome.is_ok() || shared.permits.leave(&waiter) {
+            return Ok(BulkheadPermit {
+                bulkhead: bulkhead.clone(),
+            });
         }
+        shared.timed_out.fetch_add(1, Ordering::Relaxed);
+        Err(Refusal::Timeout(max_wait))
     }
 }
 
@@ -230,9 +265,8 @@ impl Bulkhead {
         config.validate()?;
         Ok(Bulkhead {
             shared: Arc::new(Shared {
-                semaphore: Arc::new(Semaphore::new(config.max_concurrent)),
+                permits: Permits::new(config.max_concurrent),
                 config,
-                queued: AtomicUsize::new(0),
                 rejected: AtomicU64::new(0),
                 timed_out: AtomicU64::new(0),
                 events,
@@ -249,7 +283,8 @@ impl Bulkhead {
             return Ok(permit);
         }
         let outcome = match self.reserve() {
-            Ok(slot) => slot.wait().await,
+            Ok(Reserved::Permit(permit)) => Ok(permit),
+            Ok(Reserved::Queued(slot)) => slot.wait().await,
             Err(refusal) => Err(refusal),
         };
         outcome.map_err(|refusal| {
@@ -268,8 +303,8 @@ impl Bulkhead {
         let shared = &self.shared;
         let capacity = shared.config.max_concurrent;
         BulkheadSnapshot {
-            in_use: capacity.saturating_sub(shared.semaphore.available_permits()),
-            queued: shared.queued.load(Ordering::Acquire),
+            in_use: capacity.saturating_sub(shared.permits.available()),
+            queued: shared.permits.waiting(),
             capacity,
             max_queue: shared.config.max_queue,
             rejected: shared.rejected.load(Ordering::Relaxed),
@@ -288,38 +323,44 @@ impl Bulkhead {
         self.shared.events.as_ref()
     }
 
+    /// A permit if one is free and nobody waits for one (so a newcomer
+    /// never jumps the queue).
+    #[inline]
     pub(crate) fn try_permit(&self) -> Option<BulkheadPermit> {
-        // Tokio's semaphore hands released permits to waiters first, so a
-        // newcomer succeeding here never jumps the queue.
-        let permit = self.shared.semaphore.clone().try_acquire_owned().ok()?;
-        Some(BulkheadPermit { _permit: permit })
-    }
-
-    /// Reserves a place in the wait queue, or refuses when it is full.
-    pub(crate) fn reserve(&self) -> Result<QueueSlot, Refusal> {
-        let shared = &self.shared;
-        let max_queue = shared.config.max_queue;
-        let reserved = shared.config.queues()
-            && shared
-                .queued
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                    (q < max_queue).then_some(q + 1)
-                })
-                .is_ok();
-        if !reserved {
-            shared.rejected.fetch_add(1, Ordering::Relaxed);
-            return Err(Refusal::QueueFull);
-        }
-        Ok(QueueSlot {
+        self.shared.permits.try_acquire().then(|| BulkheadPermit {
             bulkhead: self.clone(),
         })
+    }
+
+    /// Reserves a place in the wait queue, or refuses when it is full. A
+    /// permit freed since [`try_permit`](Self::try_permit) failed is taken
+    /// at once: the slot then resolves without waiting.
+    pub(crate) fn reserve(&self) -> Result<Reserved, Refusal> {
+        let shared = &self.shared;
+        let max_queue = if shared.config.queues() {
+            shared.config.max_queue
+        } else {
+            0
+        };
+        match shared.permits.enqueue(max_queue) {
+            Enqueued::Granted => Ok(Reserved::Permit(BulkheadPermit {
+                bulkhead: self.clone(),
+            })),
+            Enqueued::Waiting(waiter) => Ok(Reserved::Queued(QueueSlot {
+                bulkhead: self.clone(),
+                waiter: Some(waiter),
+            })),
+            Enqueued::Full => {
+                shared.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(Refusal::QueueFull)
+            }
+        }
     }
 
     /// No permit held and nobody waiting: forgetting it loses nothing.
     pub(crate) fn is_idle(&self) -> bool {
         let shared = &self.shared;
-        shared.queued.load(Ordering::Acquire) == 0
-            && shared.semaphore.available_permits() == shared.config.max_concurrent
+        shared.permits.waiting() == 0 && shared.permits.available() == shared.config.max_concurrent
     }
 
     fn report(&self, refusal: Refusal) {

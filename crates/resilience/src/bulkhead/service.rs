@@ -39,18 +39,15 @@ impl<S> Layer<S> for BulkheadLayer {
 // Sync too, so the service can be shared the way axum and hyper-util expect.
 type Waiting = Pin<Box<dyn Future<Output = Result<BulkheadPermit, BulkheadFull>> + Send + Sync>>;
 
-enum State {
-    Idle,
-    Waiting(Waiting),
-    Ready(BulkheadPermit),
-    Refused,
-}
-
 /// A service whose calls run under a [`Bulkhead`].
 pub struct BulkheadService<S> {
     inner: S,
     bulkhead: Bulkhead,
-    state: State,
+    // Three plain fields rather than one state enum: the admitted path then
+    // only tests `permit`, and nothing it touches needs a drop glue call.
+    permit: Option<BulkheadPermit>,
+    waiting: Option<Waiting>,
+    refused: bool,
 }
 
 impl<S> BulkheadService<S> {
@@ -59,13 +56,41 @@ impl<S> BulkheadService<S> {
         BulkheadService {
             inner,
             bulkhead,
-            state: State::Idle,
+            permit: None,
+            waiting: None,
+            refused: false,
         }
     }
 
     /// The bulkhead, for its snapshot and events.
     pub fn bulkhead(&self) -> &Bulkhead {
         &self.bulkhead
+    }
+
+    /// Takes a permit, or learns it is refused; `Pending` while queued.
+    fn poll_permit(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.permit.is_some() || self.refused {
+            return Poll::Ready(());
+        }
+        let waiting = match &mut self.waiting {
+            Some(waiting) => waiting,
+            None => match self.bulkhead.try_permit() {
+                Some(permit) => {
+                    self.permit = Some(permit);
+                    return Poll::Ready(());
+                }
+                None => self
+                    .waiting
+                    .insert(Box::pin(self.bulkhead.clone().acquire_owned())),
+            },
+        };
+        let outcome = ready!(waiting.as_mut().poll(cx));
+        self.waiting = None;
+        match outcome {
+            Ok(permit) => self.permit = Some(permit),
+            Err(BulkheadFull) => self.refused = true,
+        }
+        Poll::Ready(())
     }
 }
 
@@ -78,11 +103,14 @@ impl<S: Clone> Clone for BulkheadService<S> {
 
 impl<S: fmt::Debug> fmt::Debug for BulkheadService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.state {
-            State::Idle => "idle",
-            State::Waiting(_) => "waiting",
-            State::Ready(_) => "ready",
-            State::Refused => "refused",
+        let state = if self.permit.is_some() {
+            "ready"
+        } else if self.refused {
+            "refused"
+        } else if self.waiting.is_some() {
+            "waiting"
+        } else {
+            "idle"
         };
         f.debug_struct("BulkheadService")
             .field("inner", &self.inner)
@@ -101,44 +129,34 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        loop {
-            match &mut self.state {
-                State::Idle => {
-                    self.state = match self.bulkhead.try_permit() {
-                        Some(permit) => State::Ready(permit),
-                        None => State::Waiting(Box::pin(self.bulkhead.clone().acquire_owned())),
-                    };
-                }
-                State::Waiting(wait) => {
-                    self.state = match ready!(wait.as_mut().poll(cx)) {
-                        Ok(permit) => State::Ready(permit),
-                        Err(BulkheadFull) => State::Refused,
-                    };
-                }
-                // Hold the permit while the inner service gets ready: the
-                // bulkhead bounds calls in flight, waiting included.
-                State::Ready(_) => return self.inner.poll_ready(cx).map_err(Into::into),
-                State::Refused => return Poll::Ready(Ok(())),
-            }
+        ready!(self.poll_permit(cx));
+        if self.refused {
+            return Poll::Ready(Ok(()));
         }
+        // Hold the permit while the inner service gets ready: the
+        // bulkhead bounds calls in flight, waiting included.
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        match std::mem::replace(&mut self.state, State::Idle) {
-            State::Ready(permit) => ResponseFuture {
+        if let Some(permit) = self.permit.take() {
+            return ResponseFuture {
                 inner: Some(self.inner.call(req)),
                 permit: Some(permit),
-            },
-            State::Refused => ResponseFuture {
-                inner: None,
-                permit: None,
-            },
-            // Calling without readiness breaks tower's contract; it is a bug
-            // in the caller, not something a request can cause.
-            State::Idle | State::Waiting(_) => {
-                panic!("BulkheadService::call without poll_ready returning Ready")
-            }
+            };
+        }
+        // Calling without readiness breaks tower's contract; it is a bug
+        // in the caller, not something a request can cause.
+        assert!(
+            std::mem::take(&mut self.refused),
+            "BulkheadService::call without poll_ready returning Ready"
+        );
+        ResponseFuture {
+            inner: None,
+            permit: None,
         }
     }
 }

@@ -46,8 +46,6 @@ pub enum RateLimitEvent<K> {
 pub struct RateLimiterSnapshot {
     /// Keys the store holds, when it can tell (not for Redis).
     pub keys_tracked: Option<usize>,
-    /// Calls admitted since the limiter was made.
-    pub allowed: u64,
     /// Calls refused since the limiter was made.
     pub rejected: u64,
     /// Decisions the failure policy made because the store failed.
@@ -63,7 +61,6 @@ struct Shared<K, S> {
     store: S,
     quota: Quota,
     policy: FailurePolicy,
-    allowed: StripedCounter,
     rejected: StripedCounter,
     store_failures: AtomicU64,
     events: EventStream<RateLimitEvent<K>>,
@@ -112,7 +109,6 @@ where
                 store,
                 quota,
                 policy,
-                allowed: StripedCounter::default(),
                 rejected: StripedCounter::default(),
                 store_failures: AtomicU64::new(0),
                 events: EventStream::default(),
@@ -169,7 +165,6 @@ where
     pub fn snapshot(&self) -> RateLimiterSnapshot {
         RateLimiterSnapshot {
             keys_tracked: self.shared.store.keys_tracked(),
-            allowed: self.shared.allowed.sum(),
             rejected: self.shared.rejected.sum(),
             store_failures: self.shared.store_failures.load(Ordering::Relaxed),
         }
@@ -213,9 +208,10 @@ where
 
     fn count(&self, key: &K, decision: Decision) {
         let shared = &*self.shared;
-        if decision.allowed {
-            shared.allowed.add();
-        } else {
+        // Admitted calls are not counted: the service that serves them
+        // counts its requests, and a shared counter here would be a second
+        // contended write on the admitted path, which is otherwise one CAS.
+        if !decision.allowed {
             shared.rejected.add();
             shared.events.emit(RateLimitEvent::Rejected {
                 key: key.clone(),

@@ -17,7 +17,7 @@
 //! Time comes from a [`Clock`]: tokio's by default, so a paused test clock
 //! drives it, or [`FastClock`](super::FastClock) for the hot path.
 
-use super::quota::gcra;
+use super::quota::{decide, gcra, gcra_step};
 use super::{Clock, Decision, LocalStore, Quota, RateLimitStore, StoreError, TokioClock};
 use hashbrown::HashTable;
 use parking_lot::Mutex;
@@ -245,9 +245,16 @@ where
 /// One limit for every call (no keys): a single TAT updated lock-free.
 #[derive(Debug)]
 pub struct DirectStore<C = TokioClock> {
-    tat: AtomicU64,
+    tat: PaddedTat,
     clock: C,
 }
+
+/// The TAT on a cache line of its own: every admitted call writes it, and
+/// threads reading the clock and quota beside it should not lose their
+/// line each time.
+#[derive(Debug)]
+#[repr(align(128))]
+struct PaddedTat(AtomicU64);
 
 impl DirectStore {
     /// A fresh limit, its whole burst available, on tokio's clock.
@@ -260,28 +267,27 @@ impl<C: Clock> DirectStore<C> {
     /// A fresh limit, its whole burst available, reading `clock`.
     pub fn with_clock(clock: C) -> Self {
         DirectStore {
-            tat: AtomicU64::new(0),
+            tat: PaddedTat(AtomicU64::new(0)),
             clock,
         }
     }
 
     /// One decision, synchronously.
+    #[inline]
     pub fn decide_now(&self, quota: &Quota) -> Decision {
         let now = self.clock.now_ns();
-        let mut tat = self.tat.load(Ordering::Acquire);
-        loop {
-            let (decision, next) = gcra(Some(tat), now, quota);
-            let Some(next) = next else {
-                return decision;
-            };
-            match self
-                .tat
-                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return decision,
-                Err(current) => tat = current,
+        let tat = &self.tat.0;
+        let mut current = tat.load(Ordering::Acquire);
+        // Only the arithmetic is retried; the decision is built once.
+        let step = loop {
+            let step = gcra_step(current, now, quota);
+            let Ok(next) = step else { break step };
+            match tat.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break step,
+                Err(actual) => current = actual,
             }
-        }
+        };
+        decide(step, now, quota)
     }
 }
 

@@ -17,6 +17,10 @@ use std::time::Duration;
 pub struct Quota {
     interval_ns: u64,
     burst: u32,
+    /// `u64::MAX / interval_ns`, so that the admitted path divides by the
+    /// interval with a multiplication: a 64-bit `div` costs more than the
+    /// rest of a decision.
+    interval_recip: u64,
 }
 
 /// A quota that cannot work.
@@ -61,6 +65,7 @@ impl Quota {
         Quota {
             interval_ns,
             burst: count,
+            interval_recip: u64::MAX / interval_ns,
         }
         .checked()
     }
@@ -114,6 +119,22 @@ impl Quota {
         self.interval_ns
     }
 
+    /// `ns / interval_ns`, exactly, without a division instruction.
+    #[inline]
+    pub(crate) fn intervals_in(&self, ns: u64) -> u64 {
+        let d = self.interval_ns;
+        // With the reciprocal rounded down the estimate falls short of the
+        // quotient by at most two, so `q * d <= ns` and the remainder
+        // corrects it in a step or two.
+        let mut q = ((u128::from(ns) * u128::from(self.interval_recip)) >> 64) as u64;
+        let mut rest = ns - q * d;
+        while rest >= d {
+            q += 1;
+            rest -= d;
+        }
+        q
+    }
+
     pub(crate) fn window_ns(&self) -> u64 {
         // Checked in the constructors.
         self.interval_ns * u64::from(self.burst)
@@ -165,38 +186,85 @@ pub struct Decision {
 /// One GCRA step at `now` for a key whose stored TAT is `tat` (`None` if the
 /// key is unknown or forgotten). Returns the decision and the TAT to store
 /// if the call was admitted. All times are nanoseconds on the store's clock.
+#[inline]
 pub(crate) fn gcra(tat: Option<u64>, now: u64, quota: &Quota) -> (Decision, Option<u64>) {
-    let interval = quota.interval_ns();
-    let window = quota.window_ns();
-    let tat = tat.map_or(now, |tat| tat.max(now));
-    let new_tat = tat.saturating_add(interval);
-    let used = new_tat - now;
-    let limit = u64::from(quota.burst());
-    if used > window {
-        let decision = Decision {
-            allowed: false,
-            limit,
-            remaining: 0,
-            reset_after: Duration::from_nanos(tat - now),
-            retry_after: Duration::from_nanos(used - window),
-            window: Duration::from_nanos(window),
-        };
-        return (decision, None);
+    let step = gcra_step(tat.unwrap_or(now), now, quota);
+    (decide(step, now, quota), step.ok())
+}
+
+/// The arithmetic of one GCRA step alone, for stores that retry it in a
+/// compare-and-swap loop: `Ok(new_tat)` if the call is admitted, else
+/// `Err(tat)` with the TAT as it stands.
+#[inline]
+pub(crate) fn gcra_step(tat: u64, now: u64, quota: &Quota) -> Result<u64, u64> {
+    let tat = tat.max(now);
+    let new_tat = tat.saturating_add(quota.interval_ns());
+    if new_tat - now > quota.window_ns() {
+        return Err(tat);
     }
-    let decision = Decision {
-        allowed: true,
-        limit,
-        remaining: (window - used) / interval,
-        reset_after: Duration::from_nanos(used),
-        retry_after: Duration::ZERO,
-        window: Duration::from_nanos(window),
-    };
-    (decision, Some(new_tat))
+    Ok(new_tat)
+}
+
+/// The decision, with what the headers need, for the outcome of
+/// [`gcra_step`] at `now`.
+#[inline]
+pub(crate) fn decide(step: Result<u64, u64>, now: u64, quota: &Quota) -> Decision {
+    let window = quota.window_ns();
+    let limit = u64::from(quota.burst());
+    match step {
+        Ok(new_tat) => {
+            let used = new_tat - now;
+            Decision {
+                allowed: true,
+                limit,
+                remaining: quota.intervals_in(window - used),
+                reset_after: Duration::from_nanos(used),
+                retry_after: Duration::ZERO,
+                window: Duration::from_nanos(window),
+            }
+        }
+        Err(tat) => {
+            let used = tat.saturating_add(quota.interval_ns()) - now;
+            Decision {
+                allowed: false,
+                limit,
+                remaining: 0,
+                reset_after: Duration::from_nanos(tat - now),
+                retry_after: Duration::from_nanos(used - window),
+                window: Duration::from_nanos(window),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intervals_in_divides_exactly() {
+        let mut rng = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for interval in [1, 2, 3, 7, 1_000, 999_999_937, u64::MAX / 3, u64::MAX] {
+            let quota = Quota {
+                interval_ns: interval,
+                burst: 1,
+                interval_recip: u64::MAX / interval,
+            };
+            for ns in [0, 1, interval - 1, interval, u64::MAX - 1, u64::MAX] {
+                assert_eq!(quota.intervals_in(ns), ns / interval, "{ns} / {interval}");
+            }
+            for _ in 0..10_000 {
+                let ns = next() >> (next() % 64);
+                assert_eq!(quota.intervals_in(ns), ns / interval, "{ns} / {interval}");
+            }
+        }
+    }
 
     #[test]
     fn bad_quotas_are_named() {
