@@ -1,4 +1,4 @@
-//! The command line: `trellis up`, `trellis check`, `trellis status`. Exit codes: 0 success,
+//! The command line: `trellis up`, `check`, `status`, `services`, `auth`. Exit codes: 0 success,
 //! 1 invalid config or failure to run, 2 usage error, 130 when a second stop
 //! signal abandoned the drain.
 
@@ -32,6 +32,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Show a running node's version, phase and readiness (exit 0 when ready).
     Status(StatusArgs),
+    /// List a running node's registered services and their instances' health.
+    Services(ServicesArgs),
     /// Make credentials for the gateway's `auth` sections.
     #[command(subcommand)]
     Auth(AuthCommand),
@@ -84,6 +86,16 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// `trellis services`.
+#[derive(Debug, Args)]
+pub struct ServicesArgs {
+    /// Only this service.
+    pub service: Option<String>,
+    /// How to reach the node.
+    #[command(flatten)]
+    pub node: StatusArgs,
+}
+
 /// Parses the process arguments and runs the command.
 pub fn main() -> ExitCode {
     run(Cli::parse())
@@ -95,6 +107,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => check(&args.config),
         Command::Up(args) => up(args.config.as_deref()),
         Command::Status(args) => status(args),
+        Command::Services(args) => services(args),
         Command::Auth(command) => auth(command),
     }
 }
@@ -144,23 +157,48 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn status(args: StatusArgs) -> ExitCode {
-    let config = match load_or_default(args.config.as_deref()) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+/// A control-API client for the node `args` name, and a runtime to drive it.
+fn connect(
+    args: &StatusArgs,
+) -> Result<(ControlClient, std::net::SocketAddr, tokio::runtime::Runtime), ExitCode> {
+    let config = load_or_default(args.config.as_deref())?;
     let addr = args
         .addr
         .unwrap_or_else(|| ControlClient::local_addr(&config));
-    let token = match args.token {
-        Some(t) => Some(Secret::new(t)),
+    let token = match &args.token {
+        Some(t) => Some(Secret::new(t.clone())),
         None => config.control.bearer_token().unwrap_or_default(),
     };
-    let rt = match runtime() {
-        Ok(rt) => rt,
+    let rt = runtime()?;
+    Ok((ControlClient::new(addr, token), addr, rt))
+}
+
+fn services(args: ServicesArgs) -> ExitCode {
+    let (client, _, rt) = match connect(&args.node) {
+        Ok(c) => c,
         Err(code) => return code,
     };
-    let client = ControlClient::new(addr, token);
+    match rt.block_on(crate::services::fetch(&client, args.service.as_deref())) {
+        Ok(doc) => {
+            if args.node.json {
+                println!("{doc}");
+            } else {
+                print!("{}", crate::services::render(&doc));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trellis: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn status(args: StatusArgs) -> ExitCode {
+    let (client, addr, rt) = match connect(&args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     match rt.block_on(client.get_json("/v1/status")) {
         Ok((_, body)) => {
             if args.json {

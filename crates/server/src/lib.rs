@@ -16,6 +16,7 @@ pub mod client;
 pub mod components;
 pub mod config;
 pub mod control;
+pub mod services;
 pub mod shutdown;
 pub mod telemetry;
 pub mod up;
