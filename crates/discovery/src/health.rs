@@ -61,6 +61,13 @@ impl Prober for NetworkProber {
                     CheckKind::Http => {
                         http_probe(authority, check.path.as_deref().unwrap_or("/")).await
                     }
+                    CheckKind::Grpc => {
+                        crate::grpc_health::probe(
+                            authority,
+                            check.grpc_service.as_deref().unwrap_or(""),
+                        )
+                        .await
+                    }
                 }
             };
             match tokio::time::timeout(check.timeout, attempt).await {

@@ -27,6 +27,7 @@ mod config;
 pub mod duration;
 mod error;
 mod feed;
+mod grpc_health;
 mod health;
 mod http;
 mod model;

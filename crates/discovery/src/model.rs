@@ -46,6 +46,9 @@ pub enum CheckKind {
     Http,
     /// A TCP connect to the instance's address.
     Tcp,
+    /// The gRPC health protocol (`grpc.health.v1.Health/Check`) over
+    /// cleartext HTTP/2: `SERVING` passes, anything else fails.
+    Grpc,
 }
 
 /// An active health check the registry runs against the instance.
@@ -56,6 +59,10 @@ pub struct HealthCheck {
     /// Request path for `http` checks, starting with `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// The service name a `grpc` check asks about; empty or absent asks
+    /// about the server as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_service: Option<String>,
     #[serde(default = "default_interval", with = "crate::duration")]
     pub interval: Duration,
     #[serde(default = "default_timeout", with = "crate::duration")]
@@ -256,10 +263,27 @@ fn validate_check(check: &HealthCheck, limits: &RegistryConfig) -> Result<(), Re
                 ));
             }
         }
-        (CheckKind::Tcp, Some(_)) => {
-            return Err(invalid("check.path", "a tcp check takes no path"))
+        (CheckKind::Tcp | CheckKind::Grpc, Some(_)) => {
+            return Err(invalid("check.path", "only an http check takes a path"))
         }
-        (CheckKind::Tcp, None) => {}
+        (CheckKind::Tcp | CheckKind::Grpc, None) => {}
+    }
+    match (check.kind, &check.grpc_service) {
+        (CheckKind::Grpc, Some(name))
+            if name.len() > 256 || name.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            return Err(invalid(
+                "check.grpc_service",
+                "must be a gRPC service name such as orders.v1.Orders (at most 256 characters)",
+            ));
+        }
+        (CheckKind::Http | CheckKind::Tcp, Some(_)) => {
+            return Err(invalid(
+                "check.grpc_service",
+                "only a grpc check takes a grpc_service",
+            ));
+        }
+        _ => {}
     }
     if check.interval < limits.min_check_interval || check.interval > Duration::from_secs(3600) {
         return Err(invalid(

@@ -99,14 +99,15 @@ pub fn openapi(prefix: &str) -> Value {
                 "check": {"$ref": "#/components/schemas/HealthCheck"},
                 "deregister_after": {"type": "string", "example": "1m", "description": "remove after this long critical"}}},
             "HealthCheck": {"type": "object", "required": ["kind"], "additionalProperties": false, "properties": {
-                "kind": {"enum": ["http", "tcp"]}, "path": {"type": "string", "example": "/healthz"},
+                "kind": {"enum": ["http", "tcp", "grpc"]}, "path": {"type": "string", "example": "/healthz"},
+                "grpc_service": {"type": "string", "example": "orders.v1.Orders"},
                 "interval": {"type": "string", "default": "10s"}, "timeout": {"type": "string", "default": "2s"},
                 "success_threshold": {"type": "integer", "default": 1}, "failure_threshold": {"type": "integer", "default": 3}}},
             "Instance": {"type": "object", "properties": {
                 "service": {"type": "string"}, "id": {"type": "string"}, "address": {"type": "string"}, "port": {"type": "integer"},
                 "tags": {"type": "array", "items": {"type": "string"}}, "meta": {"type": "object", "additionalProperties": {"type": "string"}},
                 "status": {"enum": ["passing", "warning", "critical"]}, "output": {"type": "string"},
-                "health": {"enum": ["ttl", "http", "tcp", "none"]},
+                "health": {"enum": ["ttl", "http", "tcp", "grpc", "none"]},
                 "create_index": {"type": "integer"}, "modify_index": {"type": "integer"}}},
             "ServiceSummary": {"type": "object", "properties": {
                 "name": {"type": "string"}, "instances": {"type": "integer"}, "passing": {"type": "integer"},

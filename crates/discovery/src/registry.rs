@@ -85,6 +85,7 @@ impl Entry {
             (None, Some(c)) => match c.kind {
                 crate::model::CheckKind::Http => "http",
                 crate::model::CheckKind::Tcp => "tcp",
+                crate::model::CheckKind::Grpc => "grpc",
             },
             (None, None) => "none",
         };

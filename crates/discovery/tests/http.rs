@@ -234,8 +234,20 @@ async fn hostile_registrations_get_a_400_naming_the_field() {
             "surprise",
         ),
         (
-            json!({"address": "10.0.0.1", "port": 80, "check": {"kind": "grpc"}}),
+            json!({"address": "10.0.0.1", "port": 80, "check": {"kind": "smtp"}}),
             "check.kind",
+        ),
+        (
+            json!({"address": "10.0.0.1", "port": 80, "check": {"kind": "grpc", "path": "/x"}}),
+            "check.path",
+        ),
+        (
+            json!({"address": "10.0.0.1", "port": 80, "check": {"kind": "tcp", "grpc_service": "a.B"}}),
+            "check.grpc_service",
+        ),
+        (
+            json!({"address": "10.0.0.1", "port": 80, "check": {"kind": "grpc", "grpc_service": "a b"}}),
+            "check.grpc_service",
         ),
         (
             json!({"address": "10.0.0.1", "port": 80, "check": {"kind": "http", "path": "no-slash"}}),

@@ -87,6 +87,7 @@ async fn reloaded_checked_instances_are_rechecked_before_being_served() {
     let port = listener.local_addr().unwrap().port();
     let check = HealthCheck {
         kind: CheckKind::Tcp,
+        grpc_service: None,
         path: None,
         interval: Duration::from_secs(1),
         timeout: Duration::from_secs(1),

@@ -11,6 +11,7 @@ fn check(kind: CheckKind, path: Option<&str>) -> HealthCheck {
     HealthCheck {
         kind,
         path: path.map(str::to_owned),
+        grpc_service: None,
         interval: Duration::from_secs(5),
         timeout: Duration::from_secs(2),
         success_threshold: 1,
@@ -105,4 +106,73 @@ async fn registry_probes_a_real_instance_and_serves_it() {
     assert_eq!(health.instance.unwrap().status, Status::Passing);
     assert_eq!(r.discover("web", &Filter::default()).1.len(), 1);
     r.shutdown();
+}
+
+/// A real gRPC server (tonic with tonic-health) whose health a test flips.
+async fn grpc_health_server() -> (String, tonic_health::server::HealthReporter) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming),
+    );
+    (addr, reporter)
+}
+
+fn grpc_check(service: Option<&str>) -> HealthCheck {
+    HealthCheck {
+        grpc_service: service.map(str::to_owned),
+        ..check(CheckKind::Grpc, None)
+    }
+}
+
+#[tokio::test]
+async fn grpc_probe_follows_the_servers_health_reports() {
+    use tonic_health::ServingStatus;
+    let (addr, reporter) = grpc_health_server().await;
+    let p = network_prober();
+
+    // The server as a whole is SERVING as soon as tonic-health starts.
+    let r = p.probe(&addr, &grpc_check(None)).await;
+    assert_eq!(r.status, Status::Passing, "{}", r.output);
+
+    reporter
+        .set_service_status("orders.v1.Orders", ServingStatus::Serving)
+        .await;
+    let r = p.probe(&addr, &grpc_check(Some("orders.v1.Orders"))).await;
+    assert_eq!(r.status, Status::Passing, "{}", r.output);
+
+    reporter
+        .set_service_status("orders.v1.Orders", ServingStatus::NotServing)
+        .await;
+    let r = p.probe(&addr, &grpc_check(Some("orders.v1.Orders"))).await;
+    assert_eq!(r.status, Status::Critical);
+    assert!(r.output.contains("NOT_SERVING"), "{}", r.output);
+
+    // A service the server does not know is NOT_FOUND: critical, and said.
+    let r = p.probe(&addr, &grpc_check(Some("nobody.Home"))).await;
+    assert_eq!(r.status, Status::Critical);
+    assert!(r.output.contains("grpc-status 5"), "{}", r.output);
+}
+
+#[tokio::test]
+async fn grpc_probe_of_a_non_grpc_server_fails_clearly() {
+    // An HTTP/1-only server cannot speak HTTP/2 at all.
+    let addr = serve().await;
+    let r = network_prober().probe(&addr, &grpc_check(None)).await;
+    assert_eq!(r.status, Status::Critical);
+    assert!(
+        r.output.starts_with("gRPC health (server):"),
+        "{}",
+        r.output
+    );
+    // Nothing listening.
+    let r = network_prober()
+        .probe("127.0.0.1:1", &grpc_check(None))
+        .await;
+    assert_eq!(r.status, Status::Critical);
+    assert!(r.output.contains("connect"), "{}", r.output);
 }

@@ -214,6 +214,7 @@ impl Prober for Scripted {
 fn http_check() -> HealthCheck {
     HealthCheck {
         kind: CheckKind::Http,
+        grpc_service: None,
         path: Some("/healthz".into()),
         interval: Duration::from_secs(5),
         timeout: Duration::from_secs(1),
