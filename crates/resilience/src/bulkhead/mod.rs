@@ -231,15 +231,15 @@ impl QueueSlot {
         let Some(waiter) = self.waiter.clone() else {
             return Err(Refusal::QueueFull);
         };
-        let bulkhead = self.bulkhead.clone();
-        let shared = &bulkhead.shared;
-        let max_wait = shared.config.max_wait;
+        let max_wait = self.bulkhead.shared.config.max_wait;
         let outcome = tokio::time::timeout(max_wait, waiter.granted()).await;
+        // From here the slot is settled: dropping it must not leave again.
         self.waiter = None;
+        let shared = &self.bulkhead.shared;
         // A permit handed over as the timer fired is still taken.
         if outcome.is_ok() || shared.permits.leave(&waiter) {
             return Ok(BulkheadPermit {
-                bulkhead: bulkhead.clone(),
+                bulkhead: self.bulkhead.clone(),
             });
         }
         shared.timed_out.fetch_add(1, Ordering::Relaxed);

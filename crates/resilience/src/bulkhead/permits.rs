@@ -36,8 +36,9 @@ pub(crate) struct Permits {
     waiters: Mutex<VecDeque<Arc<Waiter>>>,
 }
 
-/// One queued caller. `granted` is set, under `waker`'s lock, when a
-/// release hands it a permit.
+/// One queued caller. Its slot's `granted` flag and waker change together
+/// under one lock, so a grant can never slip between a poll's check and
+/// its storing of the waker.
 #[derive(Default)]
 pub(crate) struct Waiter {
     slot: Mutex<WaiterSlot>,
