@@ -10,6 +10,14 @@ use serde::{Deserialize, Serialize};
 pub struct RegistryConfig {
     /// Whether the node runs the registry at all.
     pub enabled: bool,
+    /// The control API (`http://host:port`) of another Trellis node whose
+    /// registry this node uses instead of running its own: gateway upstreams
+    /// follow it and `trellis run` registers there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// Bearer token for `remote`'s control API, when it asks for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_token: Option<String>,
     /// How long a critical instance stays listed (as critical) before it is
     /// removed, unless its registration says otherwise.
     #[serde(with = "crate::duration")]
@@ -42,6 +50,8 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         RegistryConfig {
             enabled: true,
+            remote: None,
+            remote_token: None,
             deregister_after: Duration::from_secs(60),
             max_wait: Duration::from_secs(300),
             min_ttl: Duration::from_secs(1),
@@ -84,6 +94,18 @@ impl RegistryConfig {
         }
         if self.max_instances == 0 {
             return bad("max_instances", "must be at least 1");
+        }
+        if let Some(url) = &self.remote {
+            let ok = url
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+            if ok.is_none() {
+                return bad(
+                    "remote",
+                    "must be the http:// URL of a Trellis node's control API, e.g. http://10.0.0.1:9900",
+                );
+            }
         }
         Ok(())
     }

@@ -37,6 +37,15 @@ fn endpoint(i: &Instance) -> FeedEndpoint {
     }
 }
 
+/// The endpoints of `instances`, sorted and without duplicates, so that two
+/// lists compare equal exactly when a load balancer would see no change.
+pub fn endpoints(instances: &[Instance]) -> Vec<FeedEndpoint> {
+    let mut list: Vec<FeedEndpoint> = instances.iter().map(endpoint).collect();
+    list.sort();
+    list.dedup();
+    list
+}
+
 /// The endpoints of `service` matching `filter` (served instances only, unless
 /// the filter says otherwise): the current list at once, then a new list each
 /// time it changes. Sorted, so an unchanged set is never yielded twice.
@@ -66,9 +75,7 @@ pub fn follow(
                 .discover_blocking(&s.service, &s.filter, s.index, Duration::from_secs(3600))
                 .await;
             s.index = Some(index);
-            let mut list: Vec<FeedEndpoint> = instances.iter().map(endpoint).collect();
-            list.sort();
-            list.dedup();
+            let list = endpoints(&instances);
             if s.last.as_ref() != Some(&list) {
                 s.last = Some(list.clone());
                 return Some((list, s));

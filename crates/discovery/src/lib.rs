@@ -38,7 +38,7 @@ mod watch;
 
 pub use config::RegistryConfig;
 pub use error::RegistryError;
-pub use feed::{follow, FeedEndpoint};
+pub use feed::{endpoints, follow, FeedEndpoint};
 pub use health::{network_prober, ProbeResult, Prober};
 pub use http::{router, Problem, INDEX_HEADER};
 pub use model::{

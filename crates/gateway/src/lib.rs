@@ -42,6 +42,7 @@ pub use config::GatewayConfig;
 pub use otel::Tracing;
 pub use proxy::GatewayError;
 pub use tls::TlsError;
+pub use upstream::ServiceResolver;
 
 use arc_swap::ArcSwap;
 use metrics::Metrics;
@@ -77,6 +78,17 @@ pub enum StartError {
 /// The gateway data plane.
 pub struct Gateway;
 
+/// What an embedder adds to a gateway beyond its config; both are kept
+/// across reloads.
+#[derive(Default)]
+pub struct GatewayOptions {
+    /// Makes an OpenTelemetry span of every request.
+    pub tracing: Option<Tracing>,
+    /// Resolves the services that service-by-name upstreams (`service = "*"`)
+    /// are asked for; a config with such an upstream needs one.
+    pub resolver: Option<Arc<dyn ServiceResolver>>,
+}
+
 impl Gateway {
     /// Validates `config`, binds every listener and starts serving, with the
     /// metrics registered in `registry`. Must be called inside a tokio runtime.
@@ -94,9 +106,29 @@ impl Gateway {
         registry: &mut prometheus_client::registry::Registry,
         tracing: Option<Tracing>,
     ) -> Result<GatewayHandle, StartError> {
+        let options = GatewayOptions {
+            tracing,
+            ..GatewayOptions::default()
+        };
+        Self::start_with(config, registry, options).await
+    }
+
+    /// [`Gateway::start`] with everything the embedder may add.
+    pub async fn start_with(
+        config: GatewayConfig,
+        registry: &mut prometheus_client::registry::Registry,
+        options: GatewayOptions,
+    ) -> Result<GatewayHandle, StartError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
         let metrics = Metrics::register(registry);
-        let runtime = Runtime::build(config, &metrics, None, tracing.map(Arc::new)).await?;
+        let runtime = Runtime::build(
+            config,
+            &metrics,
+            None,
+            options.tracing.map(Arc::new),
+            options.resolver,
+        )
+        .await?;
         let mut sockets = Vec::new();
         for l in &runtime.config.listeners {
             let bind_err = |source| StartError::Bind {
@@ -147,6 +179,14 @@ pub struct GatewayHandle {
     addrs: Vec<(String, SocketAddr)>,
 }
 
+impl std::fmt::Debug for GatewayHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayHandle")
+            .field("listeners", &self.addrs)
+            .finish_non_exhaustive()
+    }
+}
+
 impl GatewayHandle {
     /// The address a listener is bound to (useful with port 0).
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
@@ -181,7 +221,9 @@ impl GatewayHandle {
             )));
         }
         let tracing = current.tracing.clone();
-        let runtime = Runtime::build(config, &self.metrics, Some(&current), tracing).await?;
+        let resolver = current.resolver.clone();
+        let runtime =
+            Runtime::build(config, &self.metrics, Some(&current), tracing, resolver).await?;
         self.shared.store(Arc::new(runtime));
         tracing::info!("gateway config reloaded");
         Ok(())

@@ -3,9 +3,10 @@
 //! compiled and header names parsed once, so matching a request allocates
 //! nothing (except when its Host header has capital letters).
 
-use crate::config::{HeaderRules, Route, ValueMatch};
+use crate::config::{HeaderRules, Route, ServiceFrom, ValueMatch};
 use crate::metrics::RouteMetrics;
-use crate::upstream::Upstream;
+use crate::proxy::GatewayError;
+use crate::upstream::{ServiceDirectory, Upstream};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::Regex;
 use std::collections::HashMap;
@@ -115,6 +116,27 @@ impl HeaderEdits {
     }
 }
 
+/// Where a route forwards: one upstream, or the upstream of the service the
+/// request names.
+#[derive(Debug)]
+pub(crate) enum RouteTarget {
+    Upstream(Arc<Upstream>),
+    Service {
+        directory: Arc<ServiceDirectory>,
+        from: ServiceFrom,
+    },
+}
+
+impl RouteTarget {
+    /// The upstream's (or service-by-name template's) configured name.
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            RouteTarget::Upstream(u) => u.name(),
+            RouteTarget::Service { directory, .. } => directory.name(),
+        }
+    }
+}
+
 /// A route ready to serve: its matcher, its upstream and its policies.
 #[derive(Debug)]
 pub(crate) struct CompiledRoute {
@@ -124,7 +146,7 @@ pub(crate) struct CompiledRoute {
     headers: Vec<(HeaderName, ValueMatcher)>,
     query: Vec<(String, ValueMatcher)>,
     rewrite: Option<String>,
-    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) target: RouteTarget,
     pub(crate) request_headers: HeaderEdits,
     pub(crate) response_headers: HeaderEdits,
     pub(crate) timeout: Option<Duration>,
@@ -139,7 +161,7 @@ impl CompiledRoute {
     /// Compiles a validated route. Errors only on a config that skipped `validate()`.
     pub(crate) fn compile(
         r: &Route,
-        upstream: Arc<Upstream>,
+        target: RouteTarget,
         metrics: RouteMetrics,
     ) -> Result<Self, String> {
         let m = &r.matches;
@@ -183,7 +205,7 @@ impl CompiledRoute {
             headers,
             query,
             rewrite,
-            upstream,
+            target,
             request_headers: HeaderEdits::compile(&r.request_headers),
             response_headers: HeaderEdits::compile(&r.response_headers),
             timeout: r.timeout,
@@ -227,6 +249,47 @@ impl CompiledRoute {
                     })
                 })
             })
+    }
+
+    /// The upstream for this request and, when the service was named in the
+    /// path, the path to send it (without the prefix and service segment).
+    pub(crate) async fn resolve(
+        &self,
+        host: Option<&str>,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+    ) -> Result<(Arc<Upstream>, Option<String>), GatewayError> {
+        let (directory, from) = match &self.target {
+            RouteTarget::Upstream(u) => return Ok((u.clone(), None)),
+            RouteTarget::Service { directory, from } => (directory, from),
+        };
+        let (service, path) = match from {
+            ServiceFrom::Host => (host.ok_or(GatewayError::InvalidService)?, None),
+            ServiceFrom::Header(name) => (
+                headers
+                    .get(name.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or(GatewayError::InvalidService)?,
+                None,
+            ),
+            ServiceFrom::Path => {
+                let PathMatcher::Prefix(prefix) = &self.path else {
+                    return Err(GatewayError::InvalidService);
+                };
+                let rest = uri.path().get(prefix.len()..).unwrap_or("");
+                let rest = rest.strip_prefix('/').unwrap_or(rest);
+                let (service, tail) = rest.split_once('/').unwrap_or((rest, ""));
+                let mut path = String::with_capacity(tail.len() + 2);
+                path.push('/');
+                path.push_str(tail);
+                if let Some(q) = uri.query() {
+                    path.push('?');
+                    path.push_str(q);
+                }
+                (service, Some(path))
+            }
+        };
+        Ok((directory.get(service).await?, path))
     }
 
     /// The path and query to send upstream, after a prefix rewrite.
@@ -323,9 +386,14 @@ impl RouteTable {
 /// The request's host without port: the URI authority (HTTP/2, absolute
 /// form) or the Host header.
 pub(crate) fn request_host<B>(req: &http::Request<B>) -> Option<&str> {
-    let raw = match req.uri().host() {
+    request_host_of(req.uri(), req.headers())
+}
+
+/// [`request_host`] from a request's parts.
+pub(crate) fn request_host_of<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    let raw = match uri.host() {
         Some(h) => return Some(h.trim_start_matches('[').trim_end_matches(']')),
-        None => req.headers().get(http::header::HOST)?.to_str().ok()?,
+        None => headers.get(http::header::HOST)?.to_str().ok()?,
     };
     if let Some(rest) = raw.strip_prefix('[') {
         return rest.split_once(']').map(|(h, _)| h);

@@ -7,8 +7,8 @@ use crate::config::{GatewayConfig, Limits, Protocol};
 use crate::metrics::Metrics;
 use crate::otel::Tracing;
 use crate::policy::{self, RoutePolicies};
-use crate::route::{CompiledRoute, RouteTable};
-use crate::upstream::Upstream;
+use crate::route::{CompiledRoute, RouteTable, RouteTarget};
+use crate::upstream::{ServiceDirectory, ServiceResolver, Upstream};
 use crate::StartError;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -35,7 +35,10 @@ pub(crate) struct Runtime {
     /// In the order of `config.listeners`, which a reload may not change.
     pub(crate) listeners: Vec<ListenerRuntime>,
     pub(crate) upstreams: HashMap<String, Arc<Upstream>>,
+    /// Service-by-name upstreams (`service = "*"`), by config name.
+    pub(crate) directories: HashMap<String, Arc<ServiceDirectory>>,
     pub(crate) tracing: Option<Arc<Tracing>>,
+    pub(crate) resolver: Option<Arc<dyn ServiceResolver>>,
 }
 
 impl Runtime {
@@ -49,10 +52,31 @@ impl Runtime {
         metrics: &Metrics,
         previous: Option<&Runtime>,
         tracing: Option<Arc<Tracing>>,
+        resolver: Option<Arc<dyn ServiceResolver>>,
     ) -> Result<Runtime, StartError> {
         config.validate()?;
         let mut upstreams = HashMap::new();
+        let mut directories = HashMap::new();
         for u in &config.upstreams {
+            if u.service.as_deref() == Some("*") {
+                let resolver = resolver.clone().ok_or_else(|| {
+                    StartError::Internal(format!(
+                        "upstream {} serves services by name, but nothing resolves services here (no registry)",
+                        u.name
+                    ))
+                })?;
+                // Kept across reloads that leave it alone, with every service it learned.
+                let kept = previous.and_then(|p| {
+                    let old = p.config.upstreams.iter().find(|o| o.name == u.name)?;
+                    (old == u)
+                        .then(|| p.directories.get(&u.name).cloned())
+                        .flatten()
+                });
+                let dir =
+                    kept.unwrap_or_else(|| Arc::new(ServiceDirectory::new(u, metrics, resolver)));
+                directories.insert(u.name.clone(), dir);
+                continue;
+            }
             let kept = previous.and_then(|p| {
                 let old = p.config.upstreams.iter().find(|o| o.name == u.name)?;
                 (old == u)
@@ -71,11 +95,24 @@ impl Runtime {
         }
         let mut by_set: HashMap<&str, Vec<HostedRoute>> = HashMap::new();
         for r in &config.routes {
-            let up = upstreams.get(&r.upstream).cloned().ok_or_else(|| {
-                StartError::Internal(format!("route {}: upstream {} missing", r.name, r.upstream))
-            })?;
-            let mut compiled = CompiledRoute::compile(r, up, metrics.route(&r.name, &r.upstream))
-                .map_err(StartError::Internal)?;
+            let target = match (upstreams.get(&r.upstream), directories.get(&r.upstream)) {
+                (Some(up), _) => RouteTarget::Upstream(up.clone()),
+                (None, Some(dir)) => RouteTarget::Service {
+                    directory: dir.clone(),
+                    from: r.service_from.clone().ok_or_else(|| {
+                        StartError::Internal(format!("route {}: service_from missing", r.name))
+                    })?,
+                },
+                (None, None) => {
+                    return Err(StartError::Internal(format!(
+                        "route {}: upstream {} missing",
+                        r.name, r.upstream
+                    )))
+                }
+            };
+            let mut compiled =
+                CompiledRoute::compile(r, target, metrics.route(&r.name, &r.upstream))
+                    .map_err(StartError::Internal)?;
             compiled.policies = build_policies(r)
                 .await
                 .map_err(|e| StartError::Internal(format!("route {}: {e}", r.name)))?;
@@ -110,7 +147,9 @@ impl Runtime {
             config,
             listeners,
             upstreams,
+            directories,
             tracing,
+            resolver,
         })
     }
 }

@@ -28,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a node on this machine with embedded storage.
     Up(UpArgs),
+    /// Run an app beside a sidecar: `trellis run --app-id orders --app-port 3001 -- ./orders`.
+    Run(Box<RunArgs>),
     /// Validate a config file and exit: errors name file:line:col and key.
     Check(CheckArgs),
     /// Show a running node's version, phase and readiness (exit 0 when ready).
@@ -59,6 +61,97 @@ pub struct UpArgs {
     /// 127.0.0.1:9900, data in ./trellis-data.
     #[arg(short, long, env = "TRELLIS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+/// `trellis run`: the app as a child process, with a sidecar node beside it.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The service name the app registers under.
+    #[arg(long, value_name = "NAME")]
+    pub app_id: String,
+    /// The port the app listens on, on 127.0.0.1 (given to it as TRELLIS_APP_PORT).
+    #[arg(long, value_name = "PORT")]
+    pub app_port: u16,
+    /// A path that answers 2xx once the app is ready; without it the app is
+    /// ready when its port accepts connections.
+    #[arg(long, value_name = "PATH")]
+    pub app_health_path: Option<String>,
+    /// Where the sidecar takes the app's inbound traffic (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "IP:PORT")]
+    pub inbound: std::net::SocketAddr,
+    /// Where the app calls other services through the sidecar (loopback).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "IP:PORT")]
+    pub outbound: std::net::SocketAddr,
+    /// The sidecar's control API.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "IP:PORT")]
+    pub control: std::net::SocketAddr,
+    /// The address registered for the app (where callers reach the inbound listener).
+    #[arg(long, default_value = "127.0.0.1", value_name = "HOST")]
+    pub advertise: String,
+    /// The instance id in the registry (default: app id, inbound port and pid).
+    #[arg(long, value_name = "ID")]
+    pub instance_id: Option<String>,
+    /// A tag for the registration (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Metadata for the registration, KEY=VALUE (repeatable).
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub meta: Vec<(String, String)>,
+    /// The control API of the Trellis node whose registry to use (e.g.
+    /// http://10.0.0.1:9900); without it the sidecar runs its own.
+    #[arg(long, env = "TRELLIS_REGISTRY", value_name = "URL")]
+    pub registry: Option<String>,
+    /// Bearer token for --registry.
+    #[arg(long, env = "TRELLIS_REGISTRY_TOKEN", hide_env_values = true)]
+    pub registry_token: Option<String>,
+    /// A trellis.toml with more for the sidecar: routes of route set
+    /// `inbound` or `outbound` replace the generated ones (policies, auth).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The sidecar's data directory (default: a fresh one, removed on exit).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The registration's TTL; the sidecar heartbeats three times per TTL.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub ttl: std::time::Duration,
+    /// When to restart the app after it exits.
+    #[arg(long, value_enum, default_value = "on-failure")]
+    pub restart: crate::sidecar::Restart,
+    /// Give up after this many restarts (default: never).
+    #[arg(long, value_name = "N")]
+    pub max_restarts: Option<u32>,
+    /// First pause before a restart; it doubles up to 30s.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub restart_backoff: std::time::Duration,
+    /// How long the app may take to become ready.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub startup_timeout: std::time::Duration,
+    /// After deregistering on stop, how long to keep serving while callers notice.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub drain_delay: std::time::Duration,
+    /// How long the app has to exit after SIGTERM before it is killed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub app_grace: std::time::Duration,
+    /// Most requests in the app at once (inbound bulkhead).
+    #[arg(long, value_name = "N")]
+    pub max_concurrency: Option<usize>,
+    /// Inbound requests per second per client IP.
+    #[arg(long, value_name = "N")]
+    pub rate_limit: Option<u32>,
+    /// The app's command and arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration such as 5s: {e}"))
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 /// `trellis check`.
@@ -106,6 +199,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check(args) => check(&args.config),
         Command::Up(args) => up(args.config.as_deref()),
+        Command::Run(args) => run_sidecar(*args),
         Command::Status(args) => status(args),
         Command::Services(args) => services(args),
         Command::Auth(command) => auth(command),
@@ -237,6 +331,66 @@ fn check(path: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_sidecar(args: RunArgs) -> ExitCode {
+    let log_config = match &args.config {
+        Some(f) => match Config::load(f) {
+            Ok(c) => c.log,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Default::default(),
+    };
+    if let Err(e) = init_logging(&log_config) {
+        eprintln!("trellis: {e}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let options = crate::sidecar::SidecarOptions {
+        app_id: args.app_id,
+        app_port: args.app_port,
+        command: args.command,
+        app_health_path: args.app_health_path,
+        inbound: args.inbound,
+        outbound: args.outbound,
+        control: args.control,
+        advertise: args.advertise,
+        instance_id: args.instance_id,
+        tags: args.tags,
+        meta: args.meta,
+        registry: args.registry,
+        registry_token: args.registry_token,
+        config_file: args.config,
+        data_dir: args.data_dir,
+        ttl: args.ttl,
+        restart: args.restart,
+        max_restarts: args.max_restarts,
+        restart_backoff: args.restart_backoff,
+        startup_timeout: args.startup_timeout,
+        drain_delay: args.drain_delay,
+        app_grace: args.app_grace,
+        max_concurrency: args.max_concurrency,
+        rate_limit: args.rate_limit,
+    };
+    let result = runtime.block_on(async move {
+        let stop = crate::shutdown::Shutdown::new(options.app_grace);
+        let _signals = listen_for_signals(stop.clone(), crate::shutdown::Reload::new())?;
+        crate::sidecar::run(options, stop).await
+    });
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
     }

@@ -149,6 +149,12 @@ pub struct Route {
     #[serde(rename = "match", default)]
     pub matches: RouteMatch,
     pub upstream: String,
+    /// Where the request names the service it is for, when `upstream` is a
+    /// service-by-name upstream (`service = "*"`): `"path"` (the first
+    /// segment after `match.path_prefix`, removed before forwarding),
+    /// `"host"`, or `"header:<name>"`.
+    #[serde(default)]
+    pub service_from: Option<ServiceFrom>,
     #[serde(default)]
     pub rewrite: Option<Rewrite>,
     #[serde(default)]
@@ -181,6 +187,37 @@ pub struct Route {
         deserialize_with = "duration::deserialize"
     )]
     pub websocket_idle_timeout: Duration,
+}
+
+/// Where a request names its service; see [`Route::service_from`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ServiceFrom {
+    /// `/<prefix>/<service>/<rest>` is forwarded as `/<rest>`.
+    Path,
+    /// The request's host, without port.
+    Host,
+    /// The value of this header.
+    Header(String),
+}
+
+impl TryFrom<String> for ServiceFrom {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match s.as_str() {
+            "path" => Ok(ServiceFrom::Path),
+            "host" => Ok(ServiceFrom::Host),
+            _ => match s.strip_prefix("header:") {
+                Some(h) if http::HeaderName::from_bytes(h.as_bytes()).is_ok() => {
+                    Ok(ServiceFrom::Header(h.to_ascii_lowercase()))
+                }
+                _ => Err(format!(
+                    "invalid service_from {s:?}: use \"path\", \"host\" or \"header:<name>\""
+                )),
+            },
+        }
+    }
 }
 
 fn default_ws_idle() -> Duration {
@@ -375,6 +412,11 @@ pub struct UpstreamConfig {
     /// watch as they come and go. The gateway itself only exposes
     /// [`Upstream::set_endpoints`](crate::upstream::Upstream::set_endpoints);
     /// the `trellis` binary does the following.
+    ///
+    /// `"*"` makes a service-by-name upstream: routes to it name the service
+    /// per request ([`Route::service_from`]), and the gateway keeps one
+    /// upstream per service named, with this upstream's settings, fed by the
+    /// embedder's [`ServiceResolver`](crate::ServiceResolver).
     #[serde(default)]
     pub service: Option<String>,
     #[serde(default)]

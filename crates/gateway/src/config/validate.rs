@@ -2,7 +2,9 @@
 //! regexes, header names, ranges. Every problem is reported with its key path
 //! so `trellis check` can point at it.
 
-use super::{GatewayConfig, HashOn, HeaderRules, LbPolicy, Route, UpstreamConfig, ValueMatch};
+use super::{
+    GatewayConfig, HashOn, HeaderRules, LbPolicy, Route, ServiceFrom, UpstreamConfig, ValueMatch,
+};
 use std::collections::HashSet;
 use std::fmt;
 
@@ -115,7 +117,6 @@ impl GatewayConfig {
             }
         }
 
-        let upstreams: HashSet<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
         let mut route_names = HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
@@ -127,11 +128,12 @@ impl GatewayConfig {
                     format!("duplicate route name {:?}", r.name),
                 );
             }
-            if !upstreams.contains(r.upstream.as_str()) {
-                errs.push(
+            match self.upstreams.iter().find(|u| u.name == r.upstream) {
+                None => errs.push(
                     format!("{at}.upstream"),
                     format!("unknown upstream {:?}", r.upstream),
-                );
+                ),
+                Some(u) => check_service_from(&at, r, u, &mut errs),
             }
             check_route(&at, r, &mut errs);
         }
@@ -360,6 +362,43 @@ fn check_header_rules(at: &str, rules: &HeaderRules, errs: &mut Errors) {
                 );
             }
         }
+    }
+}
+
+/// A route to a service-by-name upstream says where the service is named,
+/// and only such a route does.
+fn check_service_from(at: &str, r: &Route, u: &UpstreamConfig, errs: &mut Errors) {
+    let by_name = u.service.as_deref() == Some("*");
+    match (&r.service_from, by_name) {
+        (None, true) => errs.push(
+            format!("{at}.service_from"),
+            format!(
+                "upstream {:?} serves services by name (service = \"*\"); say where the request names one: \"path\", \"host\" or \"header:<name>\"",
+                u.name
+            ),
+        ),
+        (Some(_), false) => errs.push(
+            format!("{at}.service_from"),
+            format!(
+                "only routes to a service-by-name upstream (service = \"*\") take service_from; {:?} is not one",
+                u.name
+            ),
+        ),
+        (Some(ServiceFrom::Path), true) => {
+            if r.matches.path_prefix.is_none() {
+                errs.push(
+                    format!("{at}.match.path_prefix"),
+                    "service_from = \"path\" takes the service from the segment after match.path_prefix, so the route needs one",
+                );
+            }
+            if r.rewrite.is_some() {
+                errs.push(
+                    format!("{at}.rewrite"),
+                    "service_from = \"path\" already removes the prefix and the service segment; drop rewrite",
+                );
+            }
+        }
+        _ => {}
     }
 }
 

@@ -101,7 +101,7 @@ pub(crate) async fn handle(
     };
     let elapsed = started.elapsed();
     if let Some(span) = span {
-        span.finish(&mut response, route.as_ref().map(|r| r.upstream.name()));
+        span.finish(&mut response, route.as_ref().map(|r| r.target.name()));
     }
     if let Some(r) = &route {
         r.metrics.observe(response.status(), elapsed.as_secs_f64());
@@ -190,6 +190,13 @@ impl RouteService {
             None => None,
         };
 
+        let (upstream, service_path) = route
+            .resolve(
+                crate::route::request_host_of(&parts.uri, &parts.headers),
+                &parts.uri,
+                &parts.headers,
+            )
+            .await?;
         let original_host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
                 .uri
@@ -211,6 +218,7 @@ impl RouteService {
         }
         route.request_headers.apply(&mut parts.headers);
         let path_and_query = match route.rewritten(parts.uri.path()) {
+            _ if service_path.is_some() => service_path.unwrap_or_default(),
             Some(mut p) => {
                 if let Some(q) = parts.uri.query() {
                     p.push('?');
@@ -231,7 +239,7 @@ impl RouteService {
         };
         let req = Request::from_parts(parts, body);
 
-        let fut = retry::forward(route, req, path_and_query);
+        let fut = retry::forward(route, &upstream, req, path_and_query);
         let mut resp = match route.timeout {
             Some(t) => tokio::time::timeout(t, fut)
                 .await

@@ -32,6 +32,10 @@ pub enum GatewayError {
     BadRequest,
     /// A CORS preflight the route's policy does not allow.
     CorsRejected,
+    /// The service a request names (`service_from`) is not a valid name.
+    InvalidService,
+    /// The service a request names has no instance that is up.
+    NoInstances,
 }
 
 impl GatewayError {
@@ -49,6 +53,8 @@ impl GatewayError {
             GatewayError::UriTooLong => "uri_too_long",
             GatewayError::BadRequest => "bad_request",
             GatewayError::CorsRejected => "cors_rejected",
+            GatewayError::InvalidService => "invalid_service",
+            GatewayError::NoInstances => "no_instances",
         }
     }
 
@@ -57,13 +63,14 @@ impl GatewayError {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::UpstreamUnavailable { .. }
             | GatewayError::UpstreamOverloaded
-            | GatewayError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | GatewayError::CircuitOpen { .. }
+            | GatewayError::NoInstances => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::UpstreamError => StatusCode::BAD_GATEWAY,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
-            GatewayError::BadRequest => StatusCode::BAD_REQUEST,
+            GatewayError::BadRequest | GatewayError::InvalidService => StatusCode::BAD_REQUEST,
             GatewayError::CorsRejected => StatusCode::FORBIDDEN,
         }
     }
@@ -83,6 +90,8 @@ impl GatewayError {
             GatewayError::UriTooLong => "The request target is too long",
             GatewayError::BadRequest => "The request is malformed",
             GatewayError::CorsRejected => "This cross-origin request is not allowed",
+            GatewayError::InvalidService => "The requested service name is not valid",
+            GatewayError::NoInstances => "The requested service has no available instance",
         }
     }
 
@@ -90,12 +99,14 @@ impl GatewayError {
     pub fn grpc_status(self) -> u8 {
         match self {
             GatewayError::NoRoute => 12, // UNIMPLEMENTED
-            GatewayError::UpstreamUnavailable { .. } | GatewayError::UpstreamOverloaded => 14, // UNAVAILABLE
+            GatewayError::UpstreamUnavailable { .. }
+            | GatewayError::UpstreamOverloaded
+            | GatewayError::NoInstances => 14, // UNAVAILABLE
             GatewayError::UpstreamTimeout => 4, // DEADLINE_EXCEEDED
             GatewayError::UpstreamError | GatewayError::CircuitOpen { .. } => 14,
             GatewayError::RateLimited { .. } | GatewayError::PayloadTooLarge => 8, // RESOURCE_EXHAUSTED
-            GatewayError::UriTooLong | GatewayError::BadRequest => 3, // INVALID_ARGUMENT
-            GatewayError::CorsRejected => 7,                          // PERMISSION_DENIED
+            GatewayError::UriTooLong | GatewayError::BadRequest | GatewayError::InvalidService => 3, // INVALID_ARGUMENT
+            GatewayError::CorsRejected => 7, // PERMISSION_DENIED
         }
     }
 
@@ -172,6 +183,10 @@ impl GatewayError {
             GatewayError::UriTooLong => "The%20request%20target%20is%20too%20long",
             GatewayError::BadRequest => "The%20request%20is%20malformed",
             GatewayError::CorsRejected => "This%20cross-origin%20request%20is%20not%20allowed",
+            GatewayError::InvalidService => "The%20requested%20service%20name%20is%20not%20valid",
+            GatewayError::NoInstances => {
+                "The%20requested%20service%20has%20no%20available%20instance"
+            }
         }
     }
 }
@@ -205,6 +220,8 @@ mod tests {
             GatewayError::UriTooLong,
             GatewayError::BadRequest,
             GatewayError::CorsRejected,
+            GatewayError::InvalidService,
+            GatewayError::NoInstances,
         ] {
             assert_eq!(e.title_encoded(), e.title().replace(' ', "%20"));
         }

@@ -9,6 +9,7 @@ use super::{classify, upstream_uri, GatewayError};
 use crate::body::Body;
 use crate::config::{RetryPolicy, UpstreamProtocol};
 use crate::route::CompiledRoute;
+use crate::upstream::Upstream;
 use http::{Request, Response, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -72,11 +73,12 @@ impl RetryState {
 /// Sends `req` to the route's upstream, retrying as the route's policy allows.
 pub(super) async fn forward(
     route: &CompiledRoute,
+    upstream: &Upstream,
     req: Request<Body>,
     path_and_query: String,
 ) -> Result<Response<Incoming>, GatewayError> {
     let Some(retry) = route.retry.as_ref().filter(|_| req.body().is_end_stream()) else {
-        return attempt(route, req, &path_and_query).await;
+        return attempt(route, upstream, req, &path_and_query).await;
     };
     retry.begin_request();
     let (parts, _) = req.into_parts();
@@ -88,9 +90,9 @@ pub(super) async fn forward(
         *req.headers_mut() = parts.headers.clone();
         *req.version_mut() = parts.version;
         *req.extensions_mut() = parts.extensions.clone();
-        let result = attempt(route, req, &path_and_query).await;
+        let result = attempt(route, upstream, req, &path_and_query).await;
         let retriable = match &result {
-            Err(GatewayError::UpstreamUnavailable { .. }) => true,
+            Err(GatewayError::UpstreamUnavailable { .. } | GatewayError::NoInstances) => true,
             Err(GatewayError::UpstreamTimeout | GatewayError::UpstreamError) => idempotent,
             Ok(resp) => {
                 idempotent
@@ -114,11 +116,17 @@ pub(super) async fn forward(
 /// and the balancer's latency estimate.
 async fn attempt(
     route: &CompiledRoute,
+    upstream: &Upstream,
     mut req: Request<Body>,
     path_and_query: &str,
 ) -> Result<Response<Incoming>, GatewayError> {
-    let upstream = &route.upstream;
     let in_flight = upstream.pick(&req).map_err(|e| match e {
+        // Nothing to pick from a service the request named: say so.
+        crate::upstream::PickError::NoEndpoint
+            if matches!(route.target, crate::route::RouteTarget::Service { .. }) =>
+        {
+            GatewayError::NoInstances
+        }
         crate::upstream::PickError::NoEndpoint => {
             GatewayError::UpstreamUnavailable { retry_after: None }
         }

@@ -3,11 +3,14 @@
 //! checks ([`health`]) and passive outlier detection ([`outlier`]).
 
 mod balance;
+mod directory;
 mod endpoint;
 mod health;
 mod outlier;
 
 pub use balance::EndpointSet;
+pub(crate) use directory::ServiceDirectory;
+pub use directory::ServiceResolver;
 pub use endpoint::{Endpoint, InFlight};
 
 use crate::body::Body;
@@ -39,6 +42,10 @@ pub struct Upstream {
     outlier: Option<OutlierDetectionConfig>,
     eject_lock: parking_lot::Mutex<()>,
     clock: Instant,
+    /// Set once [`Upstream::set_endpoints`] has been called, i.e. a feed
+    /// (the registry) has said what the endpoints are.
+    fed: std::sync::atomic::AtomicBool,
+    fed_notify: tokio::sync::Notify,
     pub(crate) metrics: UpstreamMetrics,
 }
 
@@ -92,9 +99,11 @@ impl Upstream {
             outlier: config.outlier_detection.clone(),
             eject_lock: parking_lot::Mutex::new(()),
             clock: Instant::now(),
+            fed: std::sync::atomic::AtomicBool::new(false),
+            fed_notify: tokio::sync::Notify::new(),
             metrics,
         };
-        upstream.set_endpoints(
+        upstream.replace_endpoints(
             config
                 .endpoints
                 .iter()
@@ -115,6 +124,23 @@ impl Upstream {
     /// their live state (outstanding requests, latency, ejection); addresses
     /// that are not `host:port` are skipped with a warning.
     pub fn set_endpoints(&self, endpoints: impl IntoIterator<Item = (String, u32)>) {
+        self.replace_endpoints(endpoints);
+        self.fed.store(true, std::sync::atomic::Ordering::Release);
+        self.fed_notify.notify_waiters();
+    }
+
+    /// Waits up to `max` for the first [`Upstream::set_endpoints`]; whether it came.
+    pub(crate) async fn wait_fed(&self, max: std::time::Duration) -> bool {
+        let notified = self.fed_notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.fed.load(std::sync::atomic::Ordering::Acquire) {
+            return true;
+        }
+        tokio::time::timeout(max, notified).await.is_ok()
+    }
+
+    fn replace_endpoints(&self, endpoints: impl IntoIterator<Item = (String, u32)>) {
         let old = self.set.load();
         let mut next = Vec::new();
         for (address, weight) in endpoints {

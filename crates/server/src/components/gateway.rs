@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use trellis_discovery::{Filter, Registry};
-use trellis_gateway::{Gateway, GatewayHandle, Tracing};
+use trellis_gateway::{Gateway, GatewayHandle, GatewayOptions, Tracing};
 
+use crate::directory::Directory;
 use crate::up::Wiring;
 
 /// Starts the gateway if any listener is configured; returns its handle.
 pub async fn start(
     w: &mut Wiring<'_>,
-    registry: Option<&Registry>,
+    registry: Option<&Directory>,
 ) -> anyhow::Result<Option<Arc<GatewayHandle>>> {
     let config = w.config.gateway();
     if config.listeners.is_empty() {
@@ -23,7 +23,19 @@ pub async fn start(
         .upstreams
         .iter()
         .filter_map(|u| Some((u.name.clone(), u.service.clone()?)))
+        // `service = "*"` upstreams ask the resolver per service themselves.
+        .filter(|(_, service)| service != "*")
         .collect();
+    let by_name = config
+        .upstreams
+        .iter()
+        .find(|u| u.service.as_deref() == Some("*"));
+    if let (None, Some(u)) = (registry, by_name) {
+        anyhow::bail!(
+            "upstream {:?} serves services by name (service = \"*\"), but the registry is disabled (registry.enabled = false)",
+            u.name
+        );
+    }
     let registry = match (registry, followed.is_empty()) {
         (Some(r), _) => Some(r.clone()),
         (None, true) => None,
@@ -37,7 +49,13 @@ pub async fn start(
     let mut metrics = prometheus_client::registry::Registry::default();
     let provider = crate::telemetry::otlp::tracer_provider(&w.config.telemetry)?;
     let tracing = provider.as_ref().map(Tracing::new);
-    let handle = Gateway::start_with_tracing(config, &mut metrics, tracing)
+    let options = GatewayOptions {
+        tracing,
+        resolver: registry
+            .clone()
+            .map(|r| Arc::new(r) as Arc<dyn trellis_gateway::ServiceResolver>),
+    };
+    let handle = Gateway::start_with(config, &mut metrics, options)
         .await
         .context("cannot start the gateway")?;
     w.metrics.attach(metrics);
@@ -102,7 +120,7 @@ pub async fn start(
 /// `service`. A reload may replace the upstream object, so the last known set
 /// is pushed again to whatever upstream carries the name after each reload.
 async fn follow(
-    registry: Registry,
+    registry: Directory,
     gateway: Arc<GatewayHandle>,
     upstream: String,
     service: String,
@@ -110,7 +128,7 @@ async fn follow(
     shutdown: crate::shutdown::Shutdown,
 ) -> anyhow::Result<()> {
     {
-        let feed = trellis_discovery::follow(&registry, &service, Filter::default());
+        let feed = registry.follow(&service);
         tokio::pin!(feed);
         let stopped = shutdown.triggered();
         tokio::pin!(stopped);
@@ -120,7 +138,7 @@ async fn follow(
                 () = &mut stopped => return Ok(()),
                 next = feed.next() => match next {
                     Some(endpoints) => {
-                        last = endpoints.into_iter().map(Into::into).collect();
+                        last = endpoints;
                         tracing::info!(%upstream, %service, endpoints = last.len(), "upstream follows the registry");
                     }
                     None => return Ok(()),

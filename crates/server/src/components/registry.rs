@@ -6,10 +6,23 @@ use trellis_discovery::Registry;
 use trellis_store::Store;
 
 use crate::control::ControlRoutes;
+use crate::directory::{Directory, RemoteRegistry};
 use crate::up::Wiring;
 
 /// Where the registry's REST API is mounted.
 pub const PREFIX: &str = "/v1/registry";
+
+/// The registry this node uses: another node's when `registry.remote` is
+/// set, else its own (see [`start`]); `None` when it has none.
+pub async fn directory(w: &mut Wiring<'_>, store: &Store) -> anyhow::Result<Option<Directory>> {
+    let config = &w.config.registry;
+    if let Some(url) = &config.remote {
+        tracing::info!(%url, "using a remote registry");
+        let remote = RemoteRegistry::new(url, config.remote_token.clone())?;
+        return Ok(Some(Directory::Remote(remote)));
+    }
+    Ok(start(w, store).await?.map(Directory::Local))
+}
 
 /// Opens the registry (re-checking what was registered before a restart)
 /// and mounts its API; `None` when `registry.enabled` is off.

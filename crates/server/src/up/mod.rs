@@ -24,6 +24,7 @@ use anyhow::Context as _;
 use crate::components;
 use crate::config::{Config, LiveConfig};
 use crate::control::{self, ControlApi, ControlContext, Readiness};
+use crate::directory::Directory;
 use crate::shutdown::{Reload, Shutdown};
 use crate::telemetry::{LogHandle, Metrics, ProcessCollector};
 use tasks::Tasks;
@@ -75,13 +76,19 @@ impl NodeOptions {
 /// mounts its control routes and metrics, binds its listeners, spawns its
 /// servers with [`Wiring::spawn`] (which stop on `w.shutdown`), and reports
 /// ready. Returning an error aborts the start with that message.
-async fn start_components(w: &mut Wiring<'_>) -> anyhow::Result<()> {
+/// What the components leave a node holding.
+struct Started {
+    directory: Option<Directory>,
+    gateway: Option<std::sync::Arc<trellis_gateway::GatewayHandle>>,
+}
+
+async fn start_components(w: &mut Wiring<'_>) -> anyhow::Result<Started> {
     let store = components::store::open(w.config).await?;
     let events = components::events::start(w, &store).await?;
     components::cqrs::start(w, &events).await?;
-    let registry = components::registry::start(w, &store).await?;
-    components::gateway::start(w, registry.as_ref()).await?;
-    Ok(())
+    let directory = components::registry::directory(w, &store).await?;
+    let gateway = components::gateway::start(w, directory.as_ref()).await?;
+    Ok(Started { directory, gateway })
 }
 
 /// A started node.
@@ -91,6 +98,8 @@ pub struct Node {
     shutdown: Shutdown,
     live: LiveConfig,
     tasks: Tasks,
+    directory: Option<Directory>,
+    gateway: Option<std::sync::Arc<trellis_gateway::GatewayHandle>>,
     _data_lock: DataDirLock,
 }
 
@@ -159,11 +168,14 @@ impl Node {
             control: &mut api,
             tasks: &mut tasks,
         };
-        if let Err(e) = start_components(&mut wiring).await {
-            shutdown.trigger();
-            tasks.abort_all();
-            return Err(e);
-        }
+        let Started { directory, gateway } = match start_components(&mut wiring).await {
+            Ok(d) => d,
+            Err(e) => {
+                shutdown.trigger();
+                tasks.abort_all();
+                return Err(e);
+            }
+        };
 
         let listener = tokio::net::TcpListener::bind(config.control.listen)
             .await
@@ -191,6 +203,8 @@ impl Node {
             shutdown,
             live,
             tasks,
+            directory,
+            gateway,
             _data_lock: data_lock,
         })
     }
@@ -203,6 +217,16 @@ impl Node {
     /// Where the control API listens (useful with port 0).
     pub fn control_addr(&self) -> SocketAddr {
         self.control_addr
+    }
+
+    /// The registry the node uses (its own or a remote one), if any.
+    pub fn directory(&self) -> Option<&Directory> {
+        self.directory.as_ref()
+    }
+
+    /// Where the gateway listener called `name` is bound (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.gateway.as_ref()?.local_addr(name)
     }
 
     /// The node's shutdown handle.
