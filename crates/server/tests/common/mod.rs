@@ -74,9 +74,14 @@ impl Trellis {
     }
 
     pub fn up_with_env(ws: &Workspace, config: &Path, env: &[(&str, &str)]) -> Self {
+        let config = config.to_string_lossy();
+        Self::spawn(ws, &["up", "-c", &config], env)
+    }
+
+    /// Runs `trellis <args>` in `ws`, following its stderr.
+    pub fn spawn(ws: &Workspace, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(BIN);
-        cmd.args(["up", "-c"])
-            .arg(config)
+        cmd.args(args)
             .current_dir(ws.path())
             .env_remove("RUST_LOG")
             .env_remove("TRELLIS_CONFIG")
