@@ -11,11 +11,13 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use trellis_gateway::{Gateway, GatewayOptions, ServiceResolver};
 
+type Lists = Mutex<HashMap<String, watch::Sender<Vec<(String, u32)>>>>;
+
 /// Services whose endpoint lists the test changes at will; counts how often
 /// each service was asked for.
 #[derive(Default)]
 struct TestResolver {
-    services: Mutex<HashMap<String, watch::Sender<Vec<(String, u32)>>>>,
+    services: Lists,
     asked: Mutex<HashMap<String, usize>>,
 }
 
@@ -185,8 +187,7 @@ async fn a_service_by_name_upstream_needs_a_resolver() {
     let mut registry = prometheus_client::registry::Registry::default();
     let err = Gateway::start(parse(&format!("{LISTENER}{CONFIG}")), &mut registry)
         .await
-        .err()
-        .expect("no resolver");
+        .expect_err("no resolver");
     assert!(err.to_string().contains("services by name"), "{err}");
 }
 
