@@ -18,6 +18,9 @@ pub struct RegistryConfig {
     /// Bearer token for `remote`'s control API, when it asks for one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_token: Option<String>,
+    /// `[registry.etcd]`: share the registry with other nodes through etcd
+    /// (when `endpoints` is not empty) instead of keeping it in the store.
+    pub etcd: crate::etcd::EtcdConfig,
     /// How long a critical instance stays listed (as critical) before it is
     /// removed, unless its registration says otherwise.
     #[serde(with = "crate::duration")]
@@ -52,6 +55,7 @@ impl Default for RegistryConfig {
             enabled: true,
             remote: None,
             remote_token: None,
+            etcd: crate::etcd::EtcdConfig::default(),
             deregister_after: Duration::from_secs(60),
             max_wait: Duration::from_secs(300),
             min_ttl: Duration::from_secs(1),
@@ -94,6 +98,27 @@ impl RegistryConfig {
         }
         if self.max_instances == 0 {
             return bad("max_instances", "must be at least 1");
+        }
+        for (i, url) in self.etcd.endpoints.iter().enumerate() {
+            let ok = url
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+            if ok.is_none() {
+                return bad(
+                    &format!("etcd.endpoints[{i}]"),
+                    "must be an http:// client URL such as http://127.0.0.1:2379",
+                );
+            }
+        }
+        if !self.etcd.prefix.starts_with('/') {
+            return bad("etcd.prefix", "must start with /");
+        }
+        if self.etcd.session_ttl < Duration::from_secs(2) {
+            return bad(
+                "etcd.session_ttl",
+                "must be at least 2s (etcd's shortest lease)",
+            );
         }
         if let Some(url) = &self.remote {
             let ok = url

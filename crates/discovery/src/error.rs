@@ -19,6 +19,9 @@ pub enum RegistryError {
     Full(usize),
     #[error("registry storage failed: {0}")]
     Store(#[from] StoreError),
+    /// The shared backend (etcd) failed or is unreachable.
+    #[error("registry backend failed: {0}")]
+    Backend(String),
     #[error("stored registration {service:?}/{id:?} is unreadable: {reason}")]
     Corrupt {
         service: String,

@@ -26,6 +26,7 @@
 mod config;
 pub mod duration;
 mod error;
+mod etcd;
 mod feed;
 mod grpc_health;
 mod health;
@@ -38,6 +39,7 @@ mod watch;
 
 pub use config::RegistryConfig;
 pub use error::RegistryError;
+pub use etcd::EtcdConfig;
 pub use feed::{endpoints, follow, FeedEndpoint};
 pub use health::{network_prober, ProbeResult, Prober};
 pub use http::{router, Problem, INDEX_HEADER};

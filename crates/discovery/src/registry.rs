@@ -38,18 +38,27 @@ pub(crate) struct Inner {
     pub(crate) state: Mutex<State>,
     pub(crate) index_tx: watch::Sender<u64>,
     pub(crate) changes: broadcast::Sender<Change>,
-    store: Option<Namespace>,
+    pub(crate) backend: Backend,
     /// Serialises writes so the store and memory apply them in one order.
     write_lock: tokio::sync::Mutex<()>,
     pub(crate) prober: Arc<dyn Prober>,
+}
+
+/// Where registrations live beyond this process.
+pub(crate) enum Backend {
+    Memory,
+    /// The node's store: survives restarts.
+    Store(Namespace),
+    /// etcd, shared with other nodes; this registry mirrors it.
+    Etcd(Arc<crate::etcd::Etcd>),
 }
 
 #[derive(Default)]
 pub(crate) struct State {
     pub(crate) index: u64,
     pub(crate) services: BTreeMap<String, Service>,
-    generation: u64,
-    count: usize,
+    pub(crate) generation: u64,
+    pub(crate) count: usize,
 }
 
 /// A service's instances; kept (empty) after its last instance leaves, so a
@@ -74,10 +83,37 @@ pub(crate) struct Entry {
     pub(crate) failures: u32,
     /// Wakes the supervisor when a heartbeat moves the TTL deadline.
     pub(crate) wake: Arc<tokio::sync::Notify>,
-    supervisor: Option<AbortHandle>,
+    pub(crate) supervisor: Option<AbortHandle>,
 }
 
 impl Entry {
+    /// An entry without a TTL deadline or supervisor yet.
+    pub(crate) fn new(
+        registration: Registration,
+        status: Status,
+        output: String,
+        generation: u64,
+        create_index: u64,
+        modify_index: u64,
+    ) -> Entry {
+        Entry {
+            registration,
+            status,
+            output,
+            generation,
+            create_index,
+            modify_index,
+            ttl_deadline: None,
+            // An instance whose checks have not run yet is not "failing":
+            // the deregister grace starts at its first real failure.
+            critical_since: None,
+            passes: 0,
+            failures: 0,
+            wake: Arc::new(tokio::sync::Notify::new()),
+            supervisor: None,
+        }
+    }
+
     pub(crate) fn view(&self, service: &str, id: &str) -> Instance {
         let r = &self.registration;
         let health = match (&r.ttl, &r.check) {
@@ -122,7 +158,7 @@ impl Drop for Entry {
 impl Registry {
     /// A registry held in memory only: registrations do not survive a restart.
     pub fn in_memory(config: RegistryConfig) -> Registry {
-        Self::build(config, None, health::network_prober())
+        Self::with_backend(config, Backend::Memory, health::network_prober())
     }
 
     /// A registry persisted in `namespace`, reloading what it held before.
@@ -146,7 +182,7 @@ impl Registry {
     ) -> Result<Registry, RegistryError> {
         namespace.migrate("registry", persist::MIGRATIONS).await?;
         let (index, rows) = persist::load(&namespace).await?;
-        let registry = Self::build(config, Some(namespace), prober);
+        let registry = Self::with_backend(config, Backend::Store(namespace), prober);
         {
             let mut st = registry.inner.state.lock();
             st.index = index;
@@ -160,12 +196,12 @@ impl Registry {
 
     /// [`Registry::in_memory`] with a custom prober.
     pub fn in_memory_with_prober(config: RegistryConfig, prober: Arc<dyn Prober>) -> Registry {
-        Self::build(config, None, prober)
+        Self::with_backend(config, Backend::Memory, prober)
     }
 
-    fn build(
+    pub(crate) fn with_backend(
         config: RegistryConfig,
-        store: Option<Namespace>,
+        backend: Backend,
         prober: Arc<dyn Prober>,
     ) -> Registry {
         Registry {
@@ -174,7 +210,7 @@ impl Registry {
                 state: Mutex::new(State::default()),
                 index_tx: watch::Sender::new(0),
                 changes: broadcast::channel(4096).0,
-                store,
+                backend,
                 write_lock: tokio::sync::Mutex::new(()),
                 prober,
             }),
@@ -204,6 +240,13 @@ impl Registry {
         validate_name("service", service)?;
         validate_name("id", id)?;
         registration.validate(&self.inner.config)?;
+        if let Backend::Etcd(etcd) = &self.inner.backend {
+            let replacing = self.instance(service, id).is_some();
+            if !replacing && self.count() >= self.inner.config.max_instances {
+                return Err(RegistryError::Full(self.inner.config.max_instances));
+            }
+            return etcd.register(self, service, id, registration).await;
+        }
         let _guard = self.inner.write_lock.lock().await;
         let (replacing, next) = {
             let st = self.inner.state.lock();
@@ -216,7 +259,7 @@ impl Registry {
         if !replacing && self.count() >= self.inner.config.max_instances {
             return Err(RegistryError::Full(self.inner.config.max_instances));
         }
-        if let Some(ns) = &self.inner.store {
+        if let Backend::Store(ns) = &self.inner.backend {
             persist::upsert(ns, service, id, &registration, next).await?;
         }
         let mut st = self.inner.state.lock();
@@ -260,22 +303,15 @@ impl Registry {
         let svc = st.services.entry(service.clone()).or_default();
         let old = svc.instances.remove(&id);
         let create_index = old.as_ref().map_or(index, |o| o.create_index);
-        let mut entry = Entry {
+        let mut entry = Entry::new(
             registration,
             status,
             output,
             generation,
             create_index,
-            modify_index: index,
-            ttl_deadline,
-            // An instance whose checks have not run yet is not "failing":
-            // the deregister grace starts at its first real failure.
-            critical_since: None,
-            passes: 0,
-            failures: 0,
-            wake: Arc::new(tokio::sync::Notify::new()),
-            supervisor: None,
-        };
+            index,
+        );
+        entry.ttl_deadline = ttl_deadline;
         if needs_supervisor {
             let task = health::supervise(
                 Arc::downgrade(&self.inner),
@@ -315,8 +351,29 @@ impl Registry {
             })
     }
 
+    /// [`Registry::heartbeat`] on any backend: on etcd it renews the
+    /// instance's lease there, which takes a round trip.
+    pub async fn renew(
+        &self,
+        service: &str,
+        id: &str,
+        status: Status,
+        note: Option<String>,
+    ) -> Result<u64, RegistryError> {
+        match &self.inner.backend {
+            Backend::Etcd(etcd) => {
+                let output = note
+                    .map(|n| n.chars().take(1024).collect())
+                    .unwrap_or_else(|| "heartbeat received".to_owned());
+                etcd.heartbeat(self, service, id, status, output).await
+            }
+            _ => self.heartbeat(service, id, status, note),
+        }
+    }
+
     /// Renews a TTL instance's lease and sets its status (usually `Passing`;
-    /// an instance may report itself `Warning` or `Critical`).
+    /// an instance may report itself `Warning` or `Critical`). On an etcd
+    /// registry use [`Registry::renew`]; this only renews the local mirror.
     pub fn heartbeat(
         &self,
         service: &str,
@@ -465,6 +522,11 @@ impl Inner {
         if entry.status == status {
             return None;
         }
+        if let Backend::Etcd(etcd) = &self.backend {
+            // Shared: written to etcd, and applied here when the watch shows it.
+            etcd.publish_status(service, id, entry, status, entry.output.clone());
+            return None;
+        }
         tracing::info!(
             service,
             id,
@@ -489,11 +551,28 @@ impl Inner {
 
     /// Removes an instance (only generation `only`, when given); `None` when absent.
     pub(crate) async fn remove(
-        &self,
+        self: &Arc<Self>,
         service: &str,
         id: &str,
         only: Option<u64>,
     ) -> Result<Option<u64>, RegistryError> {
+        if let Backend::Etcd(etcd) = &self.backend {
+            let created = match only {
+                None => None,
+                Some(g) => {
+                    let st = self.state.lock();
+                    let e = st.services.get(service).and_then(|s| s.instances.get(id));
+                    match e.filter(|e| e.generation == g) {
+                        Some(e) => Some(e.create_index),
+                        None => return Ok(None),
+                    }
+                }
+            };
+            let registry = Registry {
+                inner: self.clone(),
+            };
+            return etcd.remove(&registry, service, id, created).await;
+        }
         let _guard = self.write_lock.lock().await;
         let next = {
             let st = self.state.lock();
@@ -507,7 +586,7 @@ impl Inner {
             }
             st.index + 1
         };
-        if let Some(ns) = &self.store {
+        if let Backend::Store(ns) = &self.backend {
             persist::delete(ns, service, id, next).await?;
         }
         let mut st = self.state.lock();

@@ -51,7 +51,7 @@ impl Directory {
     pub async fn heartbeat(&self, service: &str, id: &str, status: Status) -> anyhow::Result<()> {
         match self {
             Directory::Local(r) => {
-                r.heartbeat(service, id, status, None)?;
+                r.renew(service, id, status, None).await?;
                 Ok(())
             }
             Directory::Remote(r) => r.heartbeat(service, id, status).await,

@@ -259,7 +259,7 @@ async fn heartbeat(
             }
         }
     }
-    registry.heartbeat(&service, &id, status, note)?;
+    registry.renew(&service, &id, status, note).await?;
     let instance = registry.instance(&service, &id);
     Ok(with_index(
         registry.index(),

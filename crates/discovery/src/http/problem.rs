@@ -92,7 +92,7 @@ impl From<RegistryError> for Problem {
                 "Registry full",
                 detail,
             ),
-            RegistryError::Store(_) | RegistryError::Corrupt { .. } => {
+            RegistryError::Store(_) | RegistryError::Corrupt { .. } | RegistryError::Backend(_) => {
                 tracing::error!(error = %detail, "registry storage error");
                 Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -31,13 +31,22 @@ pub async fn start(w: &mut Wiring<'_>, store: &Store) -> anyhow::Result<Option<R
         return Ok(None);
     }
     let ready = w.readiness.register("registry");
-    let ns = store
-        .system_namespace("registry")
-        .await
-        .context("cannot open the registry namespace")?;
-    let registry = Registry::open(ns, w.config.registry.clone())
-        .await
-        .context("cannot open the service registry")?;
+    let config = w.config.registry.clone();
+    let registry = if config.etcd.endpoints.is_empty() {
+        let ns = store
+            .system_namespace("registry")
+            .await
+            .context("cannot open the registry namespace")?;
+        Registry::open(ns, config)
+            .await
+            .context("cannot open the service registry")?
+    } else {
+        let etcd = config.etcd.clone();
+        tracing::info!(endpoints = ?etcd.endpoints, prefix = %etcd.prefix, "registry shared through etcd");
+        Registry::open_etcd(config, &etcd)
+            .await
+            .context("cannot open the service registry on etcd")?
+    };
     w.control
         .mount(ControlRoutes::new().nest(
             PREFIX,
