@@ -95,9 +95,7 @@ async fn node(etcd: &Etcd) -> Registry {
         min_check_interval: Duration::from_millis(100),
         ..RegistryConfig::default()
     };
-    Registry::open_etcd(registry, &config)
-        .await
-        .unwrap()
+    Registry::open_etcd(registry, &config).await.unwrap()
 }
 
 fn instance(port: u16) -> Registration {
