@@ -117,14 +117,19 @@ fn trellis_direct<C: Clock>(
 ) {
     let ours = RateLimiter::new(quota(), DirectStore::with_clock(clock));
     group.bench_function(format!("{name}/1-thread"), |b| {
-        b.iter(|| black_box(ours.check_now(&()).allowed))
+        // Like governor+state: whether admitted, and the burst left.
+        b.iter(|| {
+            let d = ours.check_now(&());
+            black_box((d.allowed, d.remaining))
+        })
     });
     group.bench_function(format!("{name}/2-threads"), |b| {
         let ours = ours.clone();
         b.iter_custom(move |iters| {
             let ours = ours.clone();
             contended(2, iters, move |_, _| {
-                black_box(ours.check_now(&()).allowed);
+                let d = ours.check_now(&());
+                black_box((d.allowed, d.remaining));
             })
         })
     });

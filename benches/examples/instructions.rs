@@ -59,7 +59,9 @@ fn main() {
             };
             let limiter = RateLimiter::new(quota, DirectStore::with_clock(FastClock::new()));
             for _ in 0..n {
-                black_box(limiter.check_now(&()).allowed);
+                // What governor+state reports: admitted, and the burst left.
+                let d = limiter.check_now(&());
+                black_box((d.allowed, d.remaining));
             }
         }
         "direct/governor" => {

@@ -129,7 +129,9 @@ where
     }
 
     /// Decides one call for `key` at once, for a store in this process.
-    /// The cheapest path: no future, no allocation.
+    /// The cheapest path: no future, no allocation. Inlined, so a caller
+    /// that reads only some of the decision pays only for those fields.
+    #[inline]
     pub fn check_now(&self, key: &K) -> Decision
     where
         S: LocalStore<K>,
@@ -206,18 +208,25 @@ where
         decision
     }
 
+    #[inline]
     fn count(&self, key: &K, decision: Decision) {
-        let shared = &*self.shared;
         // Admitted calls are not counted: the service that serves them
         // counts its requests, and a shared counter here would be a second
         // contended write on the admitted path, which is otherwise one CAS.
         if !decision.allowed {
-            shared.rejected.add();
-            shared.events.emit(RateLimitEvent::Rejected {
-                key: key.clone(),
-                retry_after: decision.retry_after,
-            });
+            self.count_rejected(key, decision.retry_after);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn count_rejected(&self, key: &K, retry_after: Duration) {
+        let shared = &*self.shared;
+        shared.rejected.add();
+        shared.events.emit(RateLimitEvent::Rejected {
+            key: key.clone(),
+            retry_after,
+        });
     }
 }
 
