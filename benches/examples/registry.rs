@@ -293,7 +293,7 @@ fn start_etcd(dir: &Path) -> anyhow::Result<(Etcd, String)> {
 async fn throughput(dir: &Path, writes: usize) -> anyhow::Result<()> {
     let config = RegistryConfig::default();
     let store = trellis_store::Store::open(trellis_store::StoreConfig::in_data_dir(
-        &dir.join("embedded"),
+        dir.join("embedded"),
     ))
     .await?;
     let ns = store.system_namespace("registry").await?;
