@@ -28,6 +28,7 @@
 pub mod body;
 pub mod config;
 mod cors;
+mod framing;
 mod listener;
 pub mod metrics;
 mod otel;

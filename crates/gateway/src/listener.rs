@@ -2,6 +2,7 @@
 //! handshakes bounded by the header read timeout, HTTP/1.1 and HTTP/2 on one
 //! socket, and graceful draining on shutdown.
 
+use crate::framing::{Framing, FramingGuard};
 use crate::metrics::Metrics;
 use crate::proxy::{self, ClientConn};
 use crate::runtime::Runtime;
@@ -61,9 +62,17 @@ pub(crate) async fn serve(
             tls: tls.is_some(),
         };
         let shared = shared.clone();
+        let framing = Arc::new(Framing::default());
+        let judged = framing.clone();
         let svc = service_fn(move |req| {
             let rt = shared.load_full();
-            async move { Ok::<_, Infallible>(proxy::handle(&rt.listeners[index], &conn, req).await) }
+            let ambiguous = judged.next_is_ambiguous();
+            async move {
+                if ambiguous {
+                    return Ok::<_, Infallible>(proxy::refuse_ambiguous(&req));
+                }
+                Ok::<_, Infallible>(proxy::handle(&rt.listeners[index], &conn, req).await)
+            }
         });
         let open = open.clone();
         let watcher = graceful.watcher();
@@ -73,14 +82,16 @@ pub(crate) async fn serve(
             open.inc();
             match tls {
                 None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
+                    let io = TokioIo::new(FramingGuard::new(tcp, framing));
+                    let conn = builder.serve_connection_with_upgrades(io, svc);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(error = %e, "client connection ended with an error");
                     }
                 }
                 Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                        let io = TokioIo::new(FramingGuard::new(stream, framing));
+                        let conn = builder.serve_connection_with_upgrades(io, svc);
                         if let Err(e) = watcher.watch(conn.into_owned()).await {
                             tracing::debug!(error = %e, "client connection ended with an error");
                         }

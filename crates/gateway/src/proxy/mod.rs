@@ -123,6 +123,16 @@ pub(crate) async fn handle(
     response
 }
 
+/// The answer to a request whose framing was ambiguous (see
+/// `crate::framing`): `400`, and the connection closes after it.
+pub(crate) fn refuse_ambiguous<B>(req: &Request<B>) -> Response<Body> {
+    tracing::info!(method = %req.method(), path = req.uri().path(), "refused a request with ambiguous framing (Content-Length with Transfer-Encoding, or twice)");
+    let mut resp = GatewayError::BadRequest.response(is_grpc(req), None);
+    resp.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 /// Listener limits that do not need a route: URI length and declared body size.
 fn admit(listener: &ListenerRuntime, req: &Request<Incoming>) -> Result<(), GatewayError> {
     let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
