@@ -92,7 +92,7 @@ impl<T> FramingGuard<T> {
     /// Follows `bytes`, just read from the client.
     fn observe(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
-            let mut head = None;
+            let mut head: Option<std::borrow::Cow<'_, [u8]>> = None;
             let (used, next) = match &mut self.state {
                 State::Off => return,
                 State::Fixed(n) => {
@@ -107,11 +107,23 @@ impl<T> FramingGuard<T> {
                     let next = (*n == 0).then(|| State::ChunkSize(Vec::new()));
                     (take as usize, next)
                 }
+                // A head that arrives whole in one read (the usual case) is
+                // parsed where it lies, without copying.
+                State::Head(buf) if buf.is_empty() => match find_end(&[], bytes, b"\r\n\r\n") {
+                    Some(used) => {
+                        head = Some(std::borrow::Cow::Borrowed(&bytes[..used]));
+                        (used, None)
+                    }
+                    None => match gather(buf, bytes, b"\r\n\r\n") {
+                        Gathered::More(used) => (used, None),
+                        _ => (bytes.len(), Some(State::Off)),
+                    },
+                },
                 State::Head(buf) => match gather(buf, bytes, b"\r\n\r\n") {
                     Gathered::More(used) => (used, None),
                     Gathered::TooLong => (bytes.len(), Some(State::Off)),
                     Gathered::Done(used) => {
-                        head = Some(std::mem::take(buf));
+                        head = Some(std::borrow::Cow::Owned(std::mem::take(buf)));
                         (used, None)
                     }
                 },
@@ -208,15 +220,25 @@ enum Gathered {
     TooLong,
 }
 
+/// Where the first `end` that is not wholly inside `prev` finishes within
+/// `bytes` (as a count of bytes of `bytes`), looking across the join.
+fn find_end(prev: &[u8], bytes: &[u8], end: &[u8]) -> Option<usize> {
+    // Straddling the join, earliest start first.
+    for k in (1..end.len()).rev() {
+        if prev.ends_with(&end[..k]) && bytes.starts_with(&end[k..]) {
+            return Some(end.len() - k);
+        }
+    }
+    bytes
+        .windows(end.len())
+        .position(|w| w == end)
+        .map(|at| at + end.len())
+}
+
 /// Appends input to `buf` up to and including `end`.
 fn gather(buf: &mut Vec<u8>, bytes: &[u8], end: &[u8]) -> Gathered {
-    // Look for the terminator across the join of what we hold and what came.
-    let keep = buf.len().min(end.len() - 1);
-    let mut window = buf[buf.len() - keep..].to_vec();
-    window.extend_from_slice(bytes);
-    match window.windows(end.len()).position(|w| w == end) {
-        Some(at) => {
-            let used = at + end.len() - keep;
+    match find_end(buf, bytes, end) {
+        Some(used) => {
             buf.extend_from_slice(&bytes[..used]);
             Gathered::Done(used)
         }
@@ -250,12 +272,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            if !matches!(self.state, State::Off) {
-                let new = buf.filled()[before..].to_vec();
-                self.observe(&new);
+            if !matches!(this.state, State::Off) {
+                this.observe(&buf.filled()[before..]);
             }
         }
         polled
@@ -353,6 +375,18 @@ mod tests {
         let mut huge = b"GET / HTTP/1.1\r\nX: ".to_vec();
         huge.extend(std::iter::repeat_n(b'a', MAX_GATHER + 10));
         assert_eq!(first_ambiguous(&huge, 4096), 0);
+    }
+
+    #[test]
+    fn terminators_are_found_across_reads() {
+        assert_eq!(
+            find_end(b"GET / HTTP/1.1\r\n", b"\r\nX", b"\r\n\r\n"),
+            Some(2)
+        );
+        assert_eq!(find_end(b"a\r", b"\n\r\nb", b"\r\n\r\n"), Some(3));
+        assert_eq!(find_end(b"a\r\n\r", b"\nb", b"\r\n\r\n"), Some(1));
+        assert_eq!(find_end(b"", b"x\r\n\r\ny", b"\r\n\r\n"), Some(5));
+        assert_eq!(find_end(b"\r\n", b"x\r\n", b"\r\n\r\n"), None);
     }
 
     #[test]
