@@ -268,7 +268,7 @@ fn after_chunk_size(line: &mut Vec<u8>) -> State {
 
 impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
