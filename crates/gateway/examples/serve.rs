@@ -20,10 +20,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .with_env_filter("info")
             .init();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()?;
+    // TRELLIS_CURRENT_THREAD=1 with one worker: tokio's single-threaded scheduler.
+    let runtime = if workers == 1 && std::env::var_os("TRELLIS_CURRENT_THREAD").is_some() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?
+    };
     runtime.block_on(async {
         let mut registry = prometheus_client::registry::Registry::default();
         let gateway = trellis_gateway::Gateway::start(config, &mut registry).await?;
