@@ -138,6 +138,11 @@ pub struct RunArgs {
     /// Inbound requests per second per client IP.
     #[arg(long, value_name = "N")]
     pub rate_limit: Option<u32>,
+    /// Worker threads. A sidecar serves one app, and one thread (tokio's
+    /// single-threaded scheduler) adds the least latency per hop; give more
+    /// for an app that takes more traffic than one core can proxy.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
     /// The app's command and arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -351,9 +356,21 @@ fn run_sidecar(args: RunArgs) -> ExitCode {
         eprintln!("trellis: {e}");
         return ExitCode::FAILURE;
     }
-    let runtime = match runtime() {
+    let built = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(n))
+            .enable_all()
+            .build(),
+    };
+    let runtime = match built {
         Ok(rt) => rt,
-        Err(code) => return code,
+        Err(e) => {
+            eprintln!("trellis: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let options = crate::sidecar::SidecarOptions {
         app_id: args.app_id,
