@@ -52,20 +52,39 @@ fn cells() -> Option<Vec<(usize, usize)>> {
     Some(parsed)
 }
 
-/// CPU time (ns) of the SQLite writer thread (its name is cut to 15 bytes in `comm`).
-fn writer_cpu_ns() -> u64 {
+/// A file of the SQLite writer thread in `/proc/self/task/*/` (its name is cut
+/// to 15 bytes in `comm`).
+fn writer_file(name: &str) -> String {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
+        return String::new();
     };
     tasks
         .flatten()
-        .filter(|t| {
+        .find(|t| {
             std::fs::read_to_string(t.path().join("comm"))
                 .is_ok_and(|c| c.trim() == "trellis-sqlite-")
         })
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+        .and_then(|t| std::fs::read_to_string(t.path().join(name)).ok())
+        .unwrap_or_default()
+}
+
+/// CPU time (ns) of the SQLite writer thread.
+fn writer_cpu_ns() -> u64 {
+    writer_file("schedstat")
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Bytes the SQLite writer thread passed to `write` calls (WAL frames and
+/// checkpoints): what each commit makes the disk absorb.
+fn writer_written_bytes() -> u64 {
+    writer_file("io")
+        .lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// CPU time (ns) of the whole process, from `/proc/self/stat` (10 ms ticks).
@@ -399,16 +418,18 @@ async fn main() {
     let mut cpu = Vec::new();
     for &(writers, batch) in chosen.as_ref().unwrap_or(&all_cells) {
         let run = format!("{writers}x{batch}");
-        let (w0, p0, g0) = (
+        let (w0, p0, g0, b0) = (
             writer_cpu_ns(),
             process_cpu_ns(),
             sqlite.group_commit_stats(),
+            writer_written_bytes(),
         );
         let s = appends(&sqlite_es, writers, batch, &run).await;
-        let (w1, p1, g1) = (
+        let (w1, p1, g1, b1) = (
             writer_cpu_ns(),
             process_cpu_ns(),
             sqlite.group_commit_stats(),
+            writer_written_bytes(),
         );
         let appended = (s.events_per_s * s.elapsed.as_secs_f64() / batch as f64).max(1.0);
         let per_commit = match (g0, g1) {
@@ -421,6 +442,7 @@ async fn main() {
             (w1 - w0) as f64 / 1000.0 / appended,
             p1.saturating_sub(p0) as f64 / 1000.0 / appended,
             per_commit,
+            b1.saturating_sub(b0) as f64 / 1024.0 / appended,
         ));
         let (p, peer) = match &pg_es {
             Some(es) => (
@@ -449,13 +471,11 @@ async fn main() {
         );
     }
 
-    println!("\nSQLite CPU per append (µs; an append is one call, of `batch` events)");
-    println!(
-        "| writers | batch | writer thread µs/append | process µs/append | appends per commit |"
-    );
-    println!("|---:|---:|---:|---:|---:|");
-    for (w, b, wcpu, pcpu, per_commit) in cpu {
-        println!("| {w} | {b} | {wcpu:.1} | {pcpu:.1} | {per_commit:.1} |");
+    println!("\nSQLite cost per append (an append is one call, of `batch` events)");
+    println!("| writers | batch | writer thread CPU µs | process CPU µs | appends per commit | KiB the writer wrote |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (w, b, wcpu, pcpu, per_commit, kib) in cpu {
+        println!("| {w} | {b} | {wcpu:.1} | {pcpu:.1} | {per_commit:.1} | {kib:.1} |");
     }
     if chosen.is_some() {
         if let Some(s) = &pg {
