@@ -33,6 +33,7 @@
 //!   refused with [`StoreError::SchemaTooNew`].
 //! - **Namespaces**: see [`namespace`].
 
+mod checkpoint;
 mod error;
 pub mod migrate;
 pub mod namespace;

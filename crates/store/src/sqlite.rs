@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
+use crate::checkpoint::{Checkpointer, WRITER_CHECKPOINT_PAGES};
 use crate::tx::{Tx, TxBody, TxConn};
 use crate::StoreError;
 
@@ -117,12 +118,16 @@ impl Sqlite {
             std::fs::create_dir_all(dir)?;
         }
         let conn = open_conn(path, true)?;
+        // The checkpointer copies the WAL into the database off the writer
+        // thread; the writer's own checkpoint is only the backstop.
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+        let checkpointer = Checkpointer::start(open_conn(path, true)?, path)?;
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
         let writer = std::thread::Builder::new()
             .name("trellis-sqlite-writer".into())
-            .spawn(move || writer_loop(Mutex::new(conn), rx, &c))?;
+            .spawn(move || writer_loop(Mutex::new(conn), rx, &c, &checkpointer))?;
         Ok(Sqlite {
             counters,
             jobs: Mutex::new(Some(tx)),
@@ -220,7 +225,12 @@ fn run_cached(conn: &Mutex<Connection>, sql: &str) -> rusqlite::Result<()> {
     conn.lock().prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-fn writer_loop(conn: Mutex<Connection>, rx: mpsc::Receiver<Box<dyn Job>>, counters: &Counters) {
+fn writer_loop(
+    conn: Mutex<Connection>,
+    rx: mpsc::Receiver<Box<dyn Job>>,
+    counters: &Counters,
+    checkpointer: &Checkpointer,
+) {
     use std::sync::atomic::Ordering::Relaxed;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
@@ -261,6 +271,7 @@ fn writer_loop(conn: Mutex<Connection>, rx: mpsc::Receiver<Box<dyn Job>>, counte
         }
         let err = commit.err();
         if err.is_none() {
+            checkpointer.committed();
             counters.commits.fetch_add(1, Relaxed);
             counters.writes.fetch_add(group.len() as u64, Relaxed);
         }
