@@ -41,6 +41,7 @@ mod postgres;
 mod sqlite;
 mod tx;
 mod value;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,9 +49,9 @@ use std::sync::Arc;
 pub use error::StoreError;
 pub use migrate::{Migration, MigrationReport};
 pub use namespace::{validate_namespace_name, Namespace, NamespaceToken};
-pub use sqlite::MAX_GROUP;
 pub use tx::{Tx, TxBody};
 pub use value::{Row, Value};
+pub use writer::MAX_GROUP;
 
 use migrate::now_ms;
 use namespace::hash_token;
