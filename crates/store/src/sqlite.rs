@@ -16,6 +16,9 @@ use crate::tx::{Tx, TxBody, TxConn};
 use crate::writer::{writer_loop, Counters, Job, WriteJob};
 use crate::StoreError;
 
+/// The writer connection's page cache, in KiB (`cache_size` takes it negated).
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
+
 /// Idle reader connections kept open.
 const MAX_IDLE_READERS: usize = 8;
 
@@ -54,6 +57,10 @@ impl Sqlite {
         // The checkpointer copies the WAL into the database off the writer
         // thread; the writer's own checkpoint is only the backstop.
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+        // A group of 64 appends dirties ~250 pages; with SQLite's default
+        // cache (2 MiB) the pager spilled dirty pages to the WAL mid-group and
+        // wrote them again at commit, and re-read index pages from the file.
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         let checkpointer = Checkpointer::start(open_conn(path, true)?, path)?;
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
         let counters = Arc::new(Counters::default());
