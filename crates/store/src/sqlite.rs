@@ -17,7 +17,10 @@ use crate::writer::{writer_loop, Counters, Job, WriteJob};
 use crate::StoreError;
 
 /// The writer connection's page cache, in KiB (`cache_size` takes it negated).
-const WRITER_CACHE_KIB: i64 = 64 * 1024;
+/// 16 and 64 MiB measured alike (64 writers x 100 events: ~870 KiB written per
+/// append against ~1,550 with SQLite's 2 MiB default); 32 MiB leaves headroom
+/// for larger indexes without holding much memory.
+const WRITER_CACHE_KIB: i64 = 32 * 1024;
 
 /// Idle reader connections kept open.
 const MAX_IDLE_READERS: usize = 8;
