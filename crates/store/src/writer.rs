@@ -137,13 +137,16 @@ struct Gather {
     wait: Duration,
 }
 
+/// The jobs of one group commit, in the order they ran.
+type Group = Vec<Box<dyn Job>>;
+
 /// Runs one group in one transaction and commits it. Returns the jobs (run or
 /// not) and the commit's outcome, or `None` once the queue is closed and empty.
 fn run_group(
     conn: &Mutex<Connection>,
     rx: &mpsc::Receiver<Box<dyn Job>>,
     gather: &mut Gather,
-) -> Option<(Vec<Box<dyn Job>>, Result<(), StoreError>)> {
+) -> Option<(Group, Result<(), StoreError>)> {
     let mut pending = std::mem::take(&mut gather.carry);
     if pending.is_empty() {
         pending.push(rx.recv().ok()?);
@@ -152,7 +155,7 @@ fn run_group(
     if let Err(e) = conn.lock().execute_batch("BEGIN IMMEDIATE") {
         return Some((pending, Err(e.into())));
     }
-    let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(gather.expect.max(pending.len()));
+    let mut group: Group = Vec::with_capacity(gather.expect.max(pending.len()));
     let target = gather.expect.min(MAX_GROUP);
     loop {
         for mut job in pending.drain(..) {
