@@ -15,12 +15,15 @@
 //!   the backend it runs on.
 //! - **Group commit (SQLite).** SQLite allows one writer, and a durable commit
 //!   costs an fsync (~0.2 ms here). All writes therefore queue to a dedicated
-//!   writer thread that takes everything queued into one transaction, runs each
+//!   writer thread that takes everything queued into one transaction (waiting
+//!   briefly for the callers it just answered, see `writer.rs`), runs each
 //!   request inside its own `SAVEPOINT` (so one failing request rolls back alone),
 //!   commits once with `synchronous=FULL` and only then acknowledges each
 //!   request. Under load a single fsync covers hundreds of writes; a lone write
-//!   pays one fsync, as it would anyway. Reads use separate connections (WAL
-//!   lets them run beside the writer) and never queue behind writes.
+//!   pays one fsync, as it would anyway. A second connection copies the WAL
+//!   into the database in the background (`checkpoint.rs`), so the writer does
+//!   not. Reads use separate connections (WAL lets them run beside the writer)
+//!   and never queue behind writes.
 //! - **PostgreSQL** uses a deadpool of tokio-postgres connections; the server's
 //!   own group commit does the batching. We chose tokio-postgres + deadpool
 //!   over sqlx because the store builds its SQL at run time (namespace
