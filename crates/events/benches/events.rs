@@ -9,6 +9,11 @@
 //! - live subscription latency from the start of an append to delivery.
 //!
 //! `cargo bench -p trellis-events --bench events`; `BENCH_SECS` (default 2) per cell.
+//! `BENCH_CELLS=64x1,16x10` runs only those append cells (writers x batch) and
+//! skips the read and live sections; `BENCH_SQLITE_ONLY=1` skips PostgreSQL.
+//! After the append table, CPU per SQLite append is printed: the writer
+//! thread's (from `/proc/self/task/*/schedstat`, in ns, so repeatable on a
+//! noisy machine where wall-clock throughput is not) and the whole process's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,12 +39,77 @@ fn secs() -> Duration {
     )
 }
 
+/// The append cells chosen by `BENCH_CELLS`, or all of them.
+fn cells() -> Option<Vec<(usize, usize)>> {
+    let spec = std::env::var("BENCH_CELLS").ok()?;
+    let parsed = spec
+        .split(',')
+        .filter_map(|c| {
+            let (w, b) = c.trim().split_once('x')?;
+            Some((w.parse().ok()?, b.parse().ok()?))
+        })
+        .collect();
+    Some(parsed)
+}
+
+/// A file of the SQLite writer thread in `/proc/self/task/*/` (its name is cut
+/// to 15 bytes in `comm`).
+fn writer_file(name: &str) -> String {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return String::new();
+    };
+    tasks
+        .flatten()
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "trellis-sqlite-")
+        })
+        .and_then(|t| std::fs::read_to_string(t.path().join(name)).ok())
+        .unwrap_or_default()
+}
+
+/// CPU time (ns) of the SQLite writer thread.
+fn writer_cpu_ns() -> u64 {
+    writer_file("schedstat")
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Bytes the SQLite writer thread passed to `write` calls (WAL frames and
+/// checkpoints): what each commit makes the disk absorb.
+fn writer_written_bytes() -> u64 {
+    writer_file("io")
+        .lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time (ns) of the whole process, from `/proc/self/stat` (10 ms ticks).
+fn process_cpu_ns() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<u64>() * 10_000_000
+}
+
 fn payload(i: usize) -> serde_json::Value {
     serde_json::json!({ "orderId": format!("order-{i}"), "sku": "SKU-12345", "quantity": 3, "price": 1999, "currency": "EUR" })
 }
 
 struct Cell {
     events_per_s: f64,
+    elapsed: Duration,
     p50: Duration,
     p99: Duration,
 }
@@ -53,6 +123,7 @@ fn summarise(events: usize, elapsed: Duration, mut lat: Vec<Duration>) -> Cell {
     };
     Cell {
         events_per_s: events as f64 / elapsed.as_secs_f64(),
+        elapsed,
         p50: pick(0.50),
         p99: pick(0.99),
     }
@@ -291,14 +362,19 @@ async fn main() {
         .await
         .unwrap();
     let schema = format!("trellis_bench_{:08x}", rand::random::<u32>());
-    let pg = Store::open(StoreConfig::Postgres {
-        url: PG_URL.into(),
-        schema: schema.clone(),
-        pool_size: PG_CONNECTIONS,
-    })
-    .await
-    .ok();
-    if pg.is_none() {
+    let sqlite_only = std::env::var("BENCH_SQLITE_ONLY").is_ok_and(|v| v == "1");
+    let pg = if sqlite_only {
+        None
+    } else {
+        Store::open(StoreConfig::Postgres {
+            url: PG_URL.into(),
+            schema: schema.clone(),
+            pool_size: PG_CONNECTIONS,
+        })
+        .await
+        .ok()
+    };
+    if pg.is_none() && !sqlite_only {
         println!("PostgreSQL unreachable at 127.0.0.1:5432: PostgreSQL rows skipped");
     }
     let sqlite_es = EventStore::open(sqlite.system_namespace("bench").await.unwrap())
@@ -334,36 +410,79 @@ async fn main() {
     println!("durable appends, {:.1} s per cell", secs().as_secs_f64());
     println!("| writers | batch | SQLite events/s | p50 ms | p99 ms | PostgreSQL events/s | p50 ms | p99 ms | peer: plain INSERTs events/s | p50 ms | p99 ms | SQLite / peer | PostgreSQL / peer |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for writers in WRITERS {
-        for batch in BATCHES {
-            let run = format!("{writers}x{batch}");
-            let s = appends(&sqlite_es, writers, batch, &run).await;
-            let (p, peer) = match &pg_es {
-                Some(es) => (
-                    Some(appends(es, writers, batch, &run).await),
-                    Some(peer_inserts(writers, batch).await),
-                ),
-                None => (None, None),
-            };
-            let cell = |c: &Option<Cell>| match c {
-                Some(c) => format!("{:.0} | {} | {}", c.events_per_s, ms(c.p50), ms(c.p99)),
-                None => "– | – | –".into(),
-            };
-            let ratio = |a: f64| {
-                peer.as_ref()
-                    .map_or("–".into(), |p| format!("{:.2}", a / p.events_per_s))
-            };
-            println!(
-                "| {writers} | {batch} | {:.0} | {} | {} | {} | {} | {} | {} |",
-                s.events_per_s,
-                ms(s.p50),
-                ms(s.p99),
-                cell(&p),
-                cell(&peer),
-                ratio(s.events_per_s),
-                p.as_ref().map_or("–".into(), |p| ratio(p.events_per_s)),
-            );
+    let chosen = cells();
+    let all_cells: Vec<(usize, usize)> = WRITERS
+        .iter()
+        .flat_map(|&w| BATCHES.iter().map(move |&b| (w, b)))
+        .collect();
+    let mut cpu = Vec::new();
+    for &(writers, batch) in chosen.as_ref().unwrap_or(&all_cells) {
+        let run = format!("{writers}x{batch}");
+        let (w0, p0, g0, b0) = (
+            writer_cpu_ns(),
+            process_cpu_ns(),
+            sqlite.group_commit_stats(),
+            writer_written_bytes(),
+        );
+        let s = appends(&sqlite_es, writers, batch, &run).await;
+        let (w1, p1, g1, b1) = (
+            writer_cpu_ns(),
+            process_cpu_ns(),
+            sqlite.group_commit_stats(),
+            writer_written_bytes(),
+        );
+        let appended = (s.events_per_s * s.elapsed.as_secs_f64() / batch as f64).max(1.0);
+        let per_commit = match (g0, g1) {
+            (Some((c0, n0)), Some((c1, n1))) if c1 > c0 => (n1 - n0) as f64 / (c1 - c0) as f64,
+            _ => 0.0,
+        };
+        cpu.push((
+            writers,
+            batch,
+            (w1 - w0) as f64 / 1000.0 / appended,
+            p1.saturating_sub(p0) as f64 / 1000.0 / appended,
+            per_commit,
+            b1.saturating_sub(b0) as f64 / 1024.0 / appended,
+        ));
+        let (p, peer) = match &pg_es {
+            Some(es) => (
+                Some(appends(es, writers, batch, &run).await),
+                Some(peer_inserts(writers, batch).await),
+            ),
+            None => (None, None),
+        };
+        let cell = |c: &Option<Cell>| match c {
+            Some(c) => format!("{:.0} | {} | {}", c.events_per_s, ms(c.p50), ms(c.p99)),
+            None => "– | – | –".into(),
+        };
+        let ratio = |a: f64| {
+            peer.as_ref()
+                .map_or("–".into(), |p| format!("{:.2}", a / p.events_per_s))
+        };
+        println!(
+            "| {writers} | {batch} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            s.events_per_s,
+            ms(s.p50),
+            ms(s.p99),
+            cell(&p),
+            cell(&peer),
+            ratio(s.events_per_s),
+            p.as_ref().map_or("–".into(), |p| ratio(p.events_per_s)),
+        );
+    }
+
+    println!("\nSQLite cost per append (an append is one call, of `batch` events)");
+    println!("| writers | batch | writer thread CPU µs | process CPU µs | appends per commit | KiB the writer wrote |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (w, b, wcpu, pcpu, per_commit, kib) in cpu {
+        println!("| {w} | {b} | {wcpu:.1} | {pcpu:.1} | {per_commit:.1} | {kib:.1} |");
+    }
+    if chosen.is_some() {
+        if let Some(s) = &pg {
+            s.drop_postgres_schema().await.unwrap();
         }
+        sqlite.close();
+        return;
     }
 
     println!("\n$all read throughput (pages of 1000)");

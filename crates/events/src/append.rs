@@ -2,6 +2,7 @@
 //! the stream, recognises retries, checks the expected version, takes
 //! positions from the counter row and inserts the events.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use trellis_store::{Tx, Value};
@@ -91,11 +92,16 @@ pub(crate) async fn lock_stream(
     tx: &Tx<'_>,
     stream: &str,
 ) -> Result<Option<StreamRow>, trellis_store::StoreError> {
-    let sql = format!(
-        "SELECT version, deleted FROM {{ns}}streams WHERE name = $1{}",
-        tx.for_update()
-    );
-    let row = tx.query_opt(&sql, &[stream.into()]).await?;
+    // Fixed strings, not `format!` with `tx.for_update()`: this runs for every append.
+    let sql = match tx.backend() {
+        trellis_store::Backend::Sqlite => {
+            "SELECT version, deleted FROM {ns}streams WHERE name = $1"
+        }
+        trellis_store::Backend::Postgres => {
+            "SELECT version, deleted FROM {ns}streams WHERE name = $1 FOR UPDATE"
+        }
+    };
+    let row = tx.query_opt(sql, &[stream.into()]).await?;
     match row {
         Some(r) => Ok(Some(StreamRow {
             version: r.int(0)?,
@@ -109,7 +115,7 @@ pub(crate) async fn lock_stream(
                 &[stream.into()],
             )
             .await?;
-            let r = tx.query_one(&sql, &[stream.into()]).await?;
+            let r = tx.query_one(sql, &[stream.into()]).await?;
             Ok(Some(StreamRow {
                 version: r.int(0)?,
                 deleted: r.int(1)?,
@@ -133,10 +139,17 @@ async fn find_retry(
     stream: &str,
     events: &[EventData],
 ) -> Result<Option<AppendResult>, AppendError> {
-    let sql = format!(
-        "SELECT event_id, stream, version, position FROM {{ns}}events WHERE event_id IN ({}) ORDER BY position",
-        in_list(1, events.len())
-    );
+    // A single event (the common case) needs no IN list, so its statement stays
+    // one fixed, cached string.
+    let sql = match events.len() {
+        1 => Cow::Borrowed(
+            "SELECT event_id, stream, version, position FROM {ns}events WHERE event_id = $1",
+        ),
+        n => Cow::Owned(format!(
+            "SELECT event_id, stream, version, position FROM {{ns}}events WHERE event_id IN ({}) ORDER BY position",
+            in_list(1, n)
+        )),
+    };
     let params: Vec<Value> = events
         .iter()
         .map(|e| Value::Text(e.id.to_string()))

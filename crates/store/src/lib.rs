@@ -15,12 +15,15 @@
 //!   the backend it runs on.
 //! - **Group commit (SQLite).** SQLite allows one writer, and a durable commit
 //!   costs an fsync (~0.2 ms here). All writes therefore queue to a dedicated
-//!   writer thread that takes everything queued into one transaction, runs each
+//!   writer thread that takes everything queued into one transaction (waiting
+//!   briefly for the callers it just answered, see `writer.rs`), runs each
 //!   request inside its own `SAVEPOINT` (so one failing request rolls back alone),
 //!   commits once with `synchronous=FULL` and only then acknowledges each
 //!   request. Under load a single fsync covers hundreds of writes; a lone write
-//!   pays one fsync, as it would anyway. Reads use separate connections (WAL
-//!   lets them run beside the writer) and never queue behind writes.
+//!   pays one fsync, as it would anyway. A second connection copies the WAL
+//!   into the database in the background (`checkpoint.rs`), so the writer does
+//!   not. Reads use separate connections (WAL lets them run beside the writer)
+//!   and never queue behind writes.
 //! - **PostgreSQL** uses a deadpool of tokio-postgres connections; the server's
 //!   own group commit does the batching. We chose tokio-postgres + deadpool
 //!   over sqlx because the store builds its SQL at run time (namespace
@@ -33,6 +36,7 @@
 //!   refused with [`StoreError::SchemaTooNew`].
 //! - **Namespaces**: see [`namespace`].
 
+mod checkpoint;
 mod error;
 pub mod migrate;
 pub mod namespace;
@@ -40,6 +44,7 @@ mod postgres;
 mod sqlite;
 mod tx;
 mod value;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,9 +52,9 @@ use std::sync::Arc;
 pub use error::StoreError;
 pub use migrate::{Migration, MigrationReport};
 pub use namespace::{validate_namespace_name, Namespace, NamespaceToken};
-pub use sqlite::MAX_GROUP;
 pub use tx::{Tx, TxBody};
 pub use value::{Row, Value};
+pub use writer::MAX_GROUP;
 
 use migrate::now_ms;
 use namespace::hash_token;

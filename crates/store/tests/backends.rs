@@ -305,3 +305,36 @@ async fn a_panicking_write_is_rolled_back_and_the_writer_survives() {
     assert_eq!(count(&ns).await, 1);
     f.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_wal_is_checkpointed_into_the_database_in_the_background() {
+    let f = sqlite().await;
+    let ns = Arc::new(f.store.system_namespace("ckpt").await.unwrap());
+    ns.migrate("test", COUNTER).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..400i64 {
+        let ns = ns.clone();
+        let label = format!("{i:0>1000}");
+        tasks.push(tokio::spawn(async move { insert(&ns, i, &label).await }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    // The writer itself checkpoints only past 16,000 WAL pages; ~400 KiB of
+    // rows reach the database file only through the background checkpointer.
+    let db = f.store.sqlite_path().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let size = std::fs::metadata(&db).unwrap().len();
+        if size > 400 * 1024 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "database file still {size} bytes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(&ns).await, 400);
+    f.cleanup().await;
+}
