@@ -14,7 +14,6 @@
 //! `cargo run --release -p trellis-benches --example registry -- [trials] [writes]`
 //! (etcd comes from /usr/bin/etcd, started on free ports in a temp dir.)
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -32,13 +31,6 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1000.0
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn registration(port: u16) -> Registration {
@@ -249,47 +241,6 @@ async fn registry_rates(r: Registry, writes: usize) -> (f64, f64) {
     (w, rd)
 }
 
-struct Etcd(std::process::Child);
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_etcd(dir: &Path) -> anyhow::Result<(Etcd, String)> {
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = std::process::Command::new("/usr/bin/etcd")
-        .args(["--name", "b", "--data-dir"])
-        .arg(dir.join("etcd"))
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args(["--initial-cluster", &format!("b={peer_url}")])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let etcd = Etcd(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "etcd did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok((etcd, url))
-}
-
 async fn throughput(dir: &Path, writes: usize) -> anyhow::Result<()> {
     let config = RegistryConfig::default();
     let store = trellis_store::Store::open(trellis_store::StoreConfig::in_data_dir(
@@ -300,7 +251,9 @@ async fn throughput(dir: &Path, writes: usize) -> anyhow::Result<()> {
     let embedded = Registry::open(ns, config.clone()).await?;
     let (ew, er) = registry_rates(embedded, writes).await;
 
-    let (_etcd, url) = start_etcd(dir)?;
+    let etcd = trellis_discovery::testing::TestEtcd::start()
+        .ok_or_else(|| anyhow::anyhow!("/usr/bin/etcd is needed (apt-get install etcd-server)"))?;
+    let url = etcd.url().to_owned();
     let etcd_config = EtcdConfig {
         endpoints: vec![url.clone()],
         ..EtcdConfig::default()

@@ -100,11 +100,7 @@ impl RegistryConfig {
             return bad("max_instances", "must be at least 1");
         }
         for (i, url) in self.etcd.endpoints.iter().enumerate() {
-            let ok = url
-                .parse::<http::Uri>()
-                .ok()
-                .filter(|u| u.scheme_str() == Some("http") && u.authority().is_some());
-            if ok.is_none() {
+            if !is_http_url(url) {
                 return bad(
                     &format!("etcd.endpoints[{i}]"),
                     "must be an http:// client URL such as http://127.0.0.1:2379",
@@ -120,18 +116,18 @@ impl RegistryConfig {
                 "must be at least 2s (etcd's shortest lease)",
             );
         }
-        if let Some(url) = &self.remote {
-            let ok = url
-                .parse::<http::Uri>()
-                .ok()
-                .filter(|u| u.scheme_str() == Some("http") && u.authority().is_some());
-            if ok.is_none() {
-                return bad(
-                    "remote",
-                    "must be the http:// URL of a Trellis node's control API, e.g. http://10.0.0.1:9900",
-                );
-            }
+        if self.remote.as_deref().is_some_and(|u| !is_http_url(u)) {
+            return bad(
+                "remote",
+                "must be the http:// URL of a Trellis node's control API, e.g. http://10.0.0.1:9900",
+            );
         }
         Ok(())
     }
+}
+
+/// `http://host[:port][/…]`: what a control API or an etcd client URL looks like.
+fn is_http_url(url: &str) -> bool {
+    url.parse::<http::Uri>()
+        .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some())
 }

@@ -35,6 +35,7 @@ mod model;
 mod openapi;
 mod persist;
 mod registry;
+pub mod testing;
 mod watch;
 
 pub use config::RegistryConfig;

@@ -2,92 +2,18 @@
 //! test starts on free ports: two registries on one etcd are one registry.
 //! Lease expiry is etcd's, on real time, so these tests wait for real.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use trellis_discovery::testing::TestEtcd;
 use trellis_discovery::{EtcdConfig, Filter, Registration, Registry, RegistryConfig, Status};
 
-const ETCD: &str = "/usr/bin/etcd";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+fn free_listener() -> std::net::TcpListener {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap()
 }
 
-/// A throwaway single-member etcd; killed and its data removed on drop.
-struct Etcd {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts etcd, or says why not: skipped without the binary, unless
-/// TRELLIS_REQUIRE_BACKENDS=1 makes that a failure.
-async fn etcd() -> Option<Etcd> {
-    if !PathBuf::from(ETCD).exists() {
-        assert!(
-            std::env::var("TRELLIS_REQUIRE_BACKENDS").as_deref() != Ok("1"),
-            "{ETCD} is missing (apt-get install etcd-server; scripts/setup does)"
-        );
-        eprintln!("SKIPPED: {ETCD} is not installed");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new(ETCD)
-        .args(["--name", "test", "--data-dir"])
-        .arg(dir.path())
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args(["--initial-cluster", &format!("test={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd starts");
-    let etcd = Etcd {
-        child,
-        url,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut c) = etcd_client::Client::connect([&etcd.url], None).await {
-            if c.status().await.is_ok() {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "etcd did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Some(etcd)
-}
-
-async fn node(etcd: &Etcd) -> Registry {
+async fn node(etcd: &TestEtcd) -> Registry {
     let config = EtcdConfig {
-        endpoints: vec![etcd.url.clone()],
+        endpoints: vec![etcd.url().to_owned()],
         session_ttl: Duration::from_secs(2),
         ..EtcdConfig::default()
     };
@@ -131,7 +57,9 @@ fn served(r: &Registry, service: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_one_registry_with_one_index() {
-    let Some(etcd) = etcd().await else { return };
+    let Some(etcd) = TestEtcd::start() else {
+        return;
+    };
     let (a, b) = (node(&etcd).await, node(&etcd).await);
 
     // A blocking query on b wakes when a registers.
@@ -179,7 +107,9 @@ async fn two_nodes_share_one_registry_with_one_index() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ttl_is_an_etcd_lease_that_heartbeats_on_any_node_renew() {
-    let Some(etcd) = etcd().await else { return };
+    let Some(etcd) = TestEtcd::start() else {
+        return;
+    };
     let (a, b) = (node(&etcd).await, node(&etcd).await);
     let mut r = instance(8081);
     r.ttl = Some(Duration::from_secs(2));
@@ -234,7 +164,9 @@ async fn a_ttl_is_an_etcd_lease_that_heartbeats_on_any_node_renew() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_a_node_registered_leave_with_its_session() {
-    let Some(etcd) = etcd().await else { return };
+    let Some(etcd) = TestEtcd::start() else {
+        return;
+    };
     let (a, b) = (node(&etcd).await, node(&etcd).await);
     a.register("orders", "static-1", instance(8081))
         .await
@@ -253,10 +185,12 @@ async fn instances_a_node_registered_leave_with_its_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owner_checks_and_every_node_sees_the_health() {
-    let Some(etcd) = etcd().await else { return };
+    let Some(etcd) = TestEtcd::start() else {
+        return;
+    };
     let (a, b) = (node(&etcd).await, node(&etcd).await);
     // Something that accepts TCP connections, then stops.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = free_listener();
     let port = listener.local_addr().unwrap().port();
     let mut r = instance(port);
     r.check = Some(

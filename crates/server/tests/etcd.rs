@@ -3,73 +3,11 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Trellis, Workspace};
 use serde_json::json;
-
-const ETCD: &str = "/usr/bin/etcd";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-struct Etcd(Child);
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts a throwaway etcd in `dir` and returns its client URL, or `None`
-/// (skipped) when it is not installed and backends are not required.
-fn start_etcd(dir: &std::path::Path) -> Option<(Etcd, String)> {
-    if !std::path::Path::new(ETCD).exists() {
-        assert!(
-            std::env::var("TRELLIS_REQUIRE_BACKENDS").as_deref() != Ok("1"),
-            "{ETCD} is missing (apt-get install etcd-server; scripts/setup does)"
-        );
-        eprintln!("SKIPPED: {ETCD} is not installed");
-        return None;
-    }
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new(ETCD)
-        .args(["--name", "t", "--data-dir"])
-        .arg(dir.join("etcd"))
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args(["--initial-cluster", &format!("t={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd starts");
-    let etcd = Etcd(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-        assert!(Instant::now() < deadline, "etcd did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some((etcd, url))
-}
+use trellis_discovery::testing::TestEtcd;
 
 fn node_config(ws: &Workspace, name: &str, etcd: &str) -> std::path::PathBuf {
     let dir = ws.path().join(name);
@@ -105,9 +43,10 @@ upstream = "orders"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_on_etcd_share_registrations_and_route_to_them() {
     let ws = Workspace::new();
-    let Some((_etcd, url)) = start_etcd(ws.path()) else {
+    let Some(etcd) = TestEtcd::start() else {
         return;
     };
+    let url = etcd.url().to_owned();
     let mut one = Trellis::up(&ws, &node_config(&ws, "one", &url));
     let mut two = Trellis::up(&ws, &node_config(&ws, "two", &url));
     let gateway_two = common::gateway_addr(&mut two);

@@ -109,6 +109,10 @@ fn sidecar(
     }
 }
 
+async fn get_json(url: String) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
 /// The ids of the served instances of `service` at the registry on `control`.
 async fn served(control: SocketAddr, service: &str) -> BTreeSet<String> {
     let url = format!("http://{control}/v1/registry/services/{service}");
@@ -308,14 +312,7 @@ async fn a_dead_app_is_deregistered_at_once_and_restarted_with_its_output_logged
     let mut s = sidecar(&ws, "solo", "s", None, &["--restart-backoff", "300ms"]);
     assert_eq!(served(s.control, "solo").await.len(), 1);
     let client = reqwest::Client::new();
-    let who: Value = client
-        .get(format!("http://{}/whoami", s.inbound))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let who: Value = get_json(format!("http://{}/whoami", s.inbound)).await;
     assert_eq!(who["env"]["TRELLIS_APP_ID"], "solo");
     assert_eq!(
         who["env"]["TRELLIS_HTTP_ENDPOINT"],
@@ -368,14 +365,7 @@ async fn the_ambassador_calls_services_by_name() {
     let client = reqwest::Client::new();
 
     // The app calls TRELLIS_HTTP_ENDPOINT/v1/invoke/echo/whoami.
-    let v: Value = client
-        .get(format!("http://{}/call/echo/whoami", caller.inbound))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(format!("http://{}/call/echo/whoami", caller.inbound)).await;
     assert_eq!(v["status"], 200, "{v}");
     assert_eq!(v["body"]["instance"], "e");
     assert_eq!(
