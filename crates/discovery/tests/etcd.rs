@@ -106,18 +106,20 @@ async fn two_nodes_share_one_registry_with_one_index() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_ttl_is_an_etcd_lease_that_heartbeats_on_any_node_renew() {
+async fn a_lapsed_ttl_makes_the_instance_critical_then_removes_it_after_its_grace() {
     let Some(etcd) = TestEtcd::start() else {
         return;
     };
     let (a, b) = (node(&etcd).await, node(&etcd).await);
     let mut r = instance(8081);
     r.ttl = Some(Duration::from_secs(2));
+    r.deregister_after = Some(Duration::from_secs(3));
     a.register("orders", "o-1", r).await.unwrap();
     eventually("b sees it", Duration::from_secs(5), || {
         served(&b, "orders").len() == 1
     })
     .await;
+    let status = |r: &Registry| r.instance("orders", "o-1").map(|i| i.status);
 
     // Heartbeats through b keep it past its TTL, and carry its status to a.
     for _ in 0..4 {
@@ -135,26 +137,48 @@ async fn a_ttl_is_an_etcd_lease_that_heartbeats_on_any_node_renew() {
         .await
         .unwrap();
     eventually("a sees the warning", Duration::from_secs(5), || {
-        a.instance("orders", "o-1")
-            .is_some_and(|i| i.status == Status::Warning)
+        status(&a) == Some(Status::Warning)
     })
     .await;
 
-    // No more heartbeats: etcd expires the lease and both nodes drop it.
+    // No heartbeat for a TTL: critical on both nodes, no longer served, still listed.
     let stopped = Instant::now();
-    eventually("the TTL lapses on a", Duration::from_secs(8), || {
-        served(&a, "orders").is_empty()
-    })
-    .await;
-    eventually("and on b", Duration::from_secs(2), || {
-        served(&b, "orders").is_empty()
+    eventually("the TTL lapses on a", Duration::from_secs(6), || {
+        status(&a) == Some(Status::Critical)
     })
     .await;
     assert!(
         stopped.elapsed() >= Duration::from_millis(1500),
-        "expired early: {:?}",
+        "lapsed early: {:?}",
         stopped.elapsed()
     );
+    eventually("and on b", Duration::from_secs(2), || {
+        status(&b) == Some(Status::Critical)
+    })
+    .await;
+    assert!(served(&a, "orders").is_empty());
+
+    // A heartbeat within the grace brings it back.
+    b.renew("orders", "o-1", Status::Passing, None)
+        .await
+        .unwrap();
+    eventually("a serves it again", Duration::from_secs(5), || {
+        served(&a, "orders") == ["o-1"]
+    })
+    .await;
+
+    // Silent for TTL + grace: removed everywhere, and a late heartbeat is refused.
+    let stopped = Instant::now();
+    eventually("removed on a", Duration::from_secs(10), || {
+        status(&a).is_none()
+    })
+    .await;
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(4),
+        "removed before its grace: {:?}",
+        stopped.elapsed()
+    );
+    eventually("and on b", Duration::from_secs(2), || status(&b).is_none()).await;
     let late = b.renew("orders", "o-1", Status::Passing, None).await;
     assert!(
         matches!(late, Err(trellis_discovery::RegistryError::NotFound { .. })),
