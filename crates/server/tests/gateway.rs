@@ -2,7 +2,7 @@
 //! traffic proxied by a configured route, the gateway's own errors, a
 //! SIGHUP reload applied without a restart, gateway metrics on the control
 //! port, registrations over the registry's REST API, and an upstream that
-//! follows the registry by watch.
+//! follows the registry by watch, agreeing with the registry on health.
 
 mod common;
 
@@ -184,4 +184,115 @@ async fn proxies_reloads_on_sighup_and_serves_the_registry() {
     node.signal("TERM");
     let (exit, _) = node.wait_exit();
     assert!(exit.success(), "{exit:?}");
+}
+
+/// An instance whose active check fails is critical in the registry and
+/// gets no traffic from the gateway that follows it; when the check passes
+/// again, both agree it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_and_the_registry_agree_on_health() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let healthy = Arc::new(AtomicBool::new(true));
+    let flag = healthy.clone();
+    let app = axum::Router::new()
+        .route(
+            "/health",
+            axum::routing::get(move || {
+                let ok = flag.load(Ordering::SeqCst);
+                async move {
+                    if ok {
+                        axum::http::StatusCode::OK
+                    } else {
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                    }
+                }
+            }),
+        )
+        .fallback(|| async { "served" });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let ws = Workspace::new();
+    let config = ws.up_config(
+        "",
+        r#"
+[registry]
+min_check_interval = "100ms"
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+
+[[routes]]
+name = "orders"
+upstream = "orders"
+
+[[upstreams]]
+name = "orders"
+service = "orders"
+"#,
+    );
+    let mut node = Trellis::up(&ws, &config);
+    let web = gateway_addr(&mut node);
+    let control = node.control_addr();
+    let client = reqwest::Client::new();
+    let check = json!({"kind": "http", "path": "/health", "interval": "100ms", "timeout": "100ms",
+                       "failure_threshold": 1, "success_threshold": 1});
+    let resp = client
+        .put(format!(
+            "http://{control}/v1/registry/services/orders/instances/o-1"
+        ))
+        .json(&json!({"address": "127.0.0.1", "port": app_addr.port(), "check": check}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+
+    // Both sides, polled until they say `want`.
+    let agree = |want: &'static str| {
+        let client = client.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let status: Value = client
+                    .get(format!(
+                        "http://{control}/v1/registry/services/orders/instances/o-1"
+                    ))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let routed = client
+                    .get(format!("http://{web}/x"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                let gateway = if routed.is_success() {
+                    "passing"
+                } else {
+                    "critical"
+                };
+                if status["status"] == want && gateway == want {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "want {want}: registry says {}, gateway answered {routed}",
+                    status["status"]
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    agree("passing").await;
+    healthy.store(false, Ordering::SeqCst);
+    agree("critical").await;
+    healthy.store(true, Ordering::SeqCst);
+    agree("passing").await;
 }
