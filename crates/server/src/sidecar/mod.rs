@@ -107,6 +107,7 @@ pub async fn run(options: SidecarOptions, stop: Shutdown) -> anyhow::Result<u8> 
             None
         }
         None => {
+            remove_stale_scratch_dirs(&options.app_id);
             // Several sidecars share a machine, so each gets its own data directory.
             let dir = std::env::temp_dir().join(format!(
                 "trellis-run-{}-{}",
@@ -202,6 +203,30 @@ pub async fn run(options: SidecarOptions, stop: Shutdown) -> anyhow::Result<u8> 
         Ok(Ok(_)) => Ok(code),
         Ok(Err(e)) => Err(e),
         Err(e) => Err(anyhow::anyhow!("the sidecar node panicked: {e}")),
+    }
+}
+
+/// Removes scratch data directories of this app's sidecars that were killed
+/// (their process is gone), which could not clean up after themselves.
+fn remove_stale_scratch_dirs(app_id: &str) {
+    let prefix = format!("trellis-run-{app_id}-");
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && pid != std::process::id() {
+            tracing::info!(dir = %entry.path().display(), "removing a killed sidecar's data directory");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -387,6 +412,29 @@ fn exited(status: std::io::Result<std::process::ExitStatus>) -> RunEnd {
         Err(e) => {
             tracing::error!(error = %e, "cannot wait for the app");
             RunEnd::Exited(None, false)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_dirs_of_dead_sidecars_are_removed_and_live_ones_kept() {
+        let app = format!("scratch-test-{}", std::process::id());
+        // No process has pid u32::MAX - 1; ours is alive.
+        let dead = std::env::temp_dir().join(format!("trellis-run-{app}-{}", u32::MAX - 1));
+        let live = std::env::temp_dir().join(format!("trellis-run-{app}-{}", std::process::id()));
+        let other = std::env::temp_dir().join(format!("trellis-run-{app}x-{}", u32::MAX - 1));
+        for d in [&dead, &live, &other] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        remove_stale_scratch_dirs(&app);
+        assert!(!dead.exists());
+        assert!(live.exists() && other.exists());
+        for d in [&live, &other] {
+            std::fs::remove_dir_all(d).unwrap();
         }
     }
 }
