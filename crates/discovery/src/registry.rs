@@ -362,10 +362,8 @@ impl Registry {
     ) -> Result<u64, RegistryError> {
         match &self.inner.backend {
             Backend::Etcd(etcd) => {
-                let output = note
-                    .map(|n| n.chars().take(1024).collect())
-                    .unwrap_or_else(|| "heartbeat received".to_owned());
-                etcd.heartbeat(self, service, id, status, output).await
+                etcd.heartbeat(self, service, id, status, heartbeat_output(note))
+                    .await
             }
             _ => self.heartbeat(service, id, status, note),
         }
@@ -400,9 +398,7 @@ impl Registry {
         let now = Instant::now();
         entry.ttl_deadline = Some(now + ttl);
         entry.wake.notify_one();
-        let output = note
-            .map(|n| n.chars().take(1024).collect())
-            .unwrap_or_else(|| "heartbeat received".to_owned());
+        let output = heartbeat_output(note);
         let generation = entry.generation;
         Ok(self
             .inner
@@ -486,6 +482,12 @@ impl Registry {
             }
         }
     }
+}
+
+/// What a heartbeat leaves as the instance's check output: its note, bounded.
+fn heartbeat_output(note: Option<String>) -> String {
+    note.map(|n| n.chars().take(1024).collect())
+        .unwrap_or_else(|| "heartbeat received".to_owned())
 }
 
 impl Inner {

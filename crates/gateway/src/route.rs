@@ -127,6 +127,24 @@ pub(crate) enum RouteTarget {
     },
 }
 
+/// The upstream a request goes to: the route's own, borrowed, or the one of
+/// the service it named, shared with the directory.
+pub(crate) enum Resolved<'a> {
+    Route(&'a Upstream),
+    Service(Arc<Upstream>),
+}
+
+impl std::ops::Deref for Resolved<'_> {
+    type Target = Upstream;
+
+    fn deref(&self) -> &Upstream {
+        match self {
+            Resolved::Route(u) => u,
+            Resolved::Service(u) => u,
+        }
+    }
+}
+
 impl RouteTarget {
     /// The upstream's (or service-by-name template's) configured name.
     pub(crate) fn name(&self) -> &str {
@@ -255,16 +273,18 @@ impl CompiledRoute {
     /// path, the path to send it (without the prefix and service segment).
     pub(crate) async fn resolve(
         &self,
-        host: Option<&str>,
         uri: &http::Uri,
         headers: &HeaderMap,
-    ) -> Result<(Arc<Upstream>, Option<String>), GatewayError> {
+    ) -> Result<(Resolved<'_>, Option<String>), GatewayError> {
         let (directory, from) = match &self.target {
-            RouteTarget::Upstream(u) => return Ok((u.clone(), None)),
+            RouteTarget::Upstream(u) => return Ok((Resolved::Route(u), None)),
             RouteTarget::Service { directory, from } => (directory, from),
         };
         let (service, path) = match from {
-            ServiceFrom::Host => (host.ok_or(GatewayError::InvalidService)?, None),
+            ServiceFrom::Host => (
+                request_host_of(uri, headers).ok_or(GatewayError::InvalidService)?,
+                None,
+            ),
             ServiceFrom::Header(name) => (
                 headers
                     .get(name.as_str())
@@ -289,7 +309,7 @@ impl CompiledRoute {
                 (service, Some(path))
             }
         };
-        Ok((directory.get(service).await?, path))
+        Ok((Resolved::Service(directory.get(service).await?), path))
     }
 
     /// The path and query to send upstream, after a prefix rewrite.
@@ -390,7 +410,7 @@ pub(crate) fn request_host<B>(req: &http::Request<B>) -> Option<&str> {
 }
 
 /// [`request_host`] from a request's parts.
-pub(crate) fn request_host_of<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+fn request_host_of<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
     let raw = match uri.host() {
         Some(h) => return Some(h.trim_start_matches('[').trim_end_matches(']')),
         None => headers.get(http::header::HOST)?.to_str().ok()?,

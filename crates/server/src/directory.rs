@@ -113,20 +113,22 @@ impl RemoteRegistry {
         }
     }
 
+    /// Sends `r`; an answer other than 2xx (or, with `absent_ok`, 404) is an error.
     async fn send(
         &self,
         r: reqwest::RequestBuilder,
         what: &str,
+        absent_ok: bool,
     ) -> anyhow::Result<reqwest::Response> {
         let resp = r
             .timeout(Duration::from_secs(5))
             .send()
             .await
             .with_context(|| format!("{what}: the registry at {} is unreachable", self.base))?;
-        if resp.status().is_success() {
+        let status = resp.status();
+        if status.is_success() || (absent_ok && status == reqwest::StatusCode::NOT_FOUND) {
             return Ok(resp);
         }
-        let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
         anyhow::bail!("{what}: the registry answered {status}: {body}")
     }
@@ -139,7 +141,7 @@ impl RemoteRegistry {
     ) -> anyhow::Result<()> {
         let path = format!("/services/{service}/instances/{id}");
         let r = self.request(reqwest::Method::PUT, &path).json(registration);
-        self.send(r, "register").await.map(drop)
+        self.send(r, "register", false).await.map(drop)
     }
 
     async fn heartbeat(&self, service: &str, id: &str, status: Status) -> anyhow::Result<()> {
@@ -148,19 +150,13 @@ impl RemoteRegistry {
             status.as_str()
         );
         let r = self.request(reqwest::Method::PUT, &path);
-        self.send(r, "heartbeat").await.map(drop)
+        self.send(r, "heartbeat", false).await.map(drop)
     }
 
     async fn deregister(&self, service: &str, id: &str) -> anyhow::Result<()> {
         let path = format!("/services/{service}/instances/{id}");
-        match self
-            .send(self.request(reqwest::Method::DELETE, &path), "deregister")
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.to_string().contains("404") => Ok(()),
-            Err(e) => Err(e),
-        }
+        let r = self.request(reqwest::Method::DELETE, &path);
+        self.send(r, "deregister", true).await.map(drop)
     }
 
     /// One blocking query: the index and served instances after `index`.

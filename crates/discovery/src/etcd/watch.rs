@@ -81,8 +81,8 @@ pub(super) async fn follow(etcd: Arc<Etcd>, registry: Weak<Inner>, mut from: i64
                     break;
                 }
                 Ok(Some(resp)) => {
-                    // Liveness before registrations, so a registration and
-                    // its liveness key written together never show critical.
+                    // Liveness before registrations, so one response that
+                    // holds both never shows the instance critical.
                     let (alive, rest): (Vec<_>, Vec<_>) = resp.events().iter().partition(|ev| {
                         ev.kv()
                             .and_then(|kv| etcd.parse_key(kv.key_str().ok()?))

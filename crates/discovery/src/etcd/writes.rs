@@ -46,11 +46,12 @@ impl Etcd {
             owner: self.node.clone(),
             lease,
         };
-        let ttl = stored.registration.ttl;
-        let mut rev = self.put(service, id, &stored).await?;
-        if let Some(ttl) = ttl {
-            rev = self.put_alive(service, id, ttl).await?;
+        // Liveness first: the mirror then never shows a new TTL instance
+        // without it, which would read as a lapsed TTL for a moment.
+        if let Some(ttl) = stored.registration.ttl {
+            self.put_alive(service, id, ttl).await?;
         }
+        let rev = self.put(service, id, &stored).await?;
         registry.applied(rev).await
     }
 
@@ -104,6 +105,8 @@ impl Etcd {
         let Some(Stored {
             registration,
             status: current,
+            owner,
+            lease,
             ..
         }) = stored
         else {
@@ -115,18 +118,9 @@ impl Etcd {
                 id: id.to_owned(),
             });
         }
-        let lease = self.lease_of(service, id).ok_or_else(not_found)?;
-        let (mut keeper, mut answers) = self
-            .client
-            .clone()
-            .lease_keep_alive(lease)
-            .await
-            .map_err(etcd_err("keep-alive"))?;
-        keeper.keep_alive().await.map_err(etcd_err("keep-alive"))?;
-        match answers.message().await.map_err(etcd_err("keep-alive"))? {
-            Some(a) if a.ttl() > 0 => {}
+        if !self.keep_alive_once(lease).await? {
             // The instance's lease is gone: it lapsed past its grace and left.
-            _ => return Err(not_found()),
+            return Err(not_found());
         }
         let mut rev = self.renew_alive(service, id, &registration).await?;
         if current != status {
@@ -134,7 +128,7 @@ impl Etcd {
                 registration,
                 status,
                 output,
-                owner: self.node.clone(),
+                owner,
                 lease,
             };
             rev = rev.max(self.put(service, id, &stored).await?);
@@ -158,18 +152,24 @@ impl Etcd {
         };
         let held = self.alive.lock().get(&pair(service, id)).copied();
         if let Some(lease) = held {
-            let mut client = self.client.clone();
-            if let Ok((mut keeper, mut answers)) = client.lease_keep_alive(lease).await {
-                if keeper.keep_alive().await.is_ok() {
-                    if let Ok(Some(a)) = answers.message().await {
-                        if a.ttl() > 0 {
-                            return Ok(0);
-                        }
-                    }
-                }
+            if self.keep_alive_once(lease).await.unwrap_or(false) {
+                return Ok(0);
             }
         }
         self.put_alive(service, id, ttl).await
+    }
+
+    /// Renews `lease` once; whether it still lives.
+    async fn keep_alive_once(&self, lease: i64) -> Result<bool, RegistryError> {
+        let (mut keeper, mut answers) = self
+            .client
+            .clone()
+            .lease_keep_alive(lease)
+            .await
+            .map_err(etcd_err("keep-alive"))?;
+        keeper.keep_alive().await.map_err(etcd_err("keep-alive"))?;
+        let answer = answers.message().await.map_err(etcd_err("keep-alive"))?;
+        Ok(answer.is_some_and(|a| a.ttl() > 0))
     }
 
     /// Writes a health change found by this node's checks; the watch applies it.

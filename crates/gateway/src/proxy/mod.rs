@@ -200,13 +200,7 @@ impl RouteService {
             None => None,
         };
 
-        let (upstream, service_path) = route
-            .resolve(
-                crate::route::request_host_of(&parts.uri, &parts.headers),
-                &parts.uri,
-                &parts.headers,
-            )
-            .await?;
+        let (upstream, service_path) = route.resolve(&parts.uri, &parts.headers).await?;
         let original_host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
                 .uri
@@ -227,15 +221,16 @@ impl RouteService {
             }
         }
         route.request_headers.apply(&mut parts.headers);
-        let path_and_query = match route.rewritten(parts.uri.path()) {
-            _ if service_path.is_some() => service_path.unwrap_or_default(),
-            Some(mut p) => {
-                if let Some(q) = parts.uri.query() {
-                    p.push('?');
-                    p.push_str(q);
-                }
-                p
+        let rewritten = || {
+            let mut p = route.rewritten(parts.uri.path())?;
+            if let Some(q) = parts.uri.query() {
+                p.push('?');
+                p.push_str(q);
             }
+            Some(p)
+        };
+        let path_and_query = match service_path.or_else(rewritten) {
+            Some(p) => p,
             None => parts
                 .uri
                 .path_and_query()

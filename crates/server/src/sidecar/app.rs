@@ -10,17 +10,12 @@ use anyhow::Context as _;
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
-/// How the app is started and checked.
+/// How the app is started.
 #[derive(Debug, Clone)]
 pub struct AppSpec {
     pub app_id: String,
     /// The program and its arguments.
     pub command: Vec<String>,
-    /// The port the app listens on (on 127.0.0.1).
-    pub port: u16,
-    /// An HTTP path that answers 2xx when the app is ready; without it, the
-    /// app is ready when its port accepts a connection.
-    pub health_path: Option<String>,
     /// Extra environment for the app.
     pub env: Vec<(String, String)>,
 }

@@ -163,8 +163,6 @@ pub async fn run(options: SidecarOptions, stop: Shutdown) -> anyhow::Result<u8> 
         spec: AppSpec {
             app_id: options.app_id.clone(),
             command: options.command.clone(),
-            port: options.app_port,
-            health_path: options.app_health_path.clone(),
             env,
         },
         registration: Registration {
@@ -325,7 +323,7 @@ impl Supervisor {
     /// while it lives.
     async fn run_once(&self, mut app: App, stop: &Shutdown, node_stop: &Shutdown) -> RunEnd {
         let deadline = tokio::time::Instant::now() + self.options.startup_timeout;
-        let health = self.spec.health_path.as_deref();
+        let health = self.options.app_health_path.as_deref();
         // Ready?
         loop {
             tokio::select! {
