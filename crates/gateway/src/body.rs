@@ -75,6 +75,14 @@ impl Body {
         })
     }
 
+    /// The bytes of a body the gateway wrote itself; empty for a stream.
+    pub(crate) fn into_full_bytes(self) -> Bytes {
+        match self.kind {
+            Kind::Full(Some(b)) => b,
+            _ => Bytes::new(),
+        }
+    }
+
     /// Keeps `guard` alive until this body is dropped, i.e. until the stream
     /// has been passed on in full or abandoned. Guards held earlier stay.
     pub(crate) fn holding(mut self, guard: impl std::any::Any + Send + Sync) -> Self {

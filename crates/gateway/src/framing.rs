@@ -73,6 +73,9 @@ const MAX_HEADERS: usize = 256;
 /// A stream that watches the request framing of what is read through it.
 pub(crate) struct FramingGuard<T> {
     inner: T,
+    /// Bytes already read from `inner` by someone else (the native HTTP/1.1
+    /// engine, handing a connection over), read again before `inner`.
+    replay: bytes::Bytes,
     state: State,
     /// Heads seen so far.
     heads: u64,
@@ -81,8 +84,14 @@ pub(crate) struct FramingGuard<T> {
 
 impl<T> FramingGuard<T> {
     pub(crate) fn new(inner: T, framing: Arc<Framing>) -> Self {
+        Self::resume(inner, bytes::Bytes::new(), framing)
+    }
+
+    /// A guard over `inner` whose first bytes are `replay`, read from it earlier.
+    pub(crate) fn resume(inner: T, replay: bytes::Bytes, framing: Arc<Framing>) -> Self {
         FramingGuard {
             inner,
+            replay,
             state: State::Head(Vec::new()),
             heads: 0,
             framing,
@@ -274,7 +283,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let polled = if this.replay.is_empty() {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        } else {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay.split_to(n));
+            Poll::Ready(Ok(()))
+        };
         if let Poll::Ready(Ok(())) = polled {
             if !matches!(this.state, State::Off) {
                 this.observe(&buf.filled()[before..]);

@@ -29,6 +29,7 @@ pub mod body;
 pub mod config;
 mod cors;
 mod framing;
+mod h1;
 mod listener;
 pub mod metrics;
 mod otel;

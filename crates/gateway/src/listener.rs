@@ -3,6 +3,7 @@
 //! socket, and graceful draining on shutdown.
 
 use crate::framing::{Framing, FramingGuard};
+use crate::h1;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ClientConn};
 use crate::runtime::Runtime;
@@ -55,18 +56,19 @@ pub(crate) async fn serve(
         let rt = shared.load_full();
         let listener = &rt.listeners[index];
         let tls = listener.tls.clone();
+        let native = listener.native_h1;
         let builder = listener.builder.clone();
         let header_timeout = listener.limits.header_read_timeout;
-        let conn = ClientConn {
-            peer,
-            tls: tls.is_some(),
-        };
+        let conn = Arc::new(ClientConn::new(peer, tls.is_some()));
+        let engine = (shared.clone(), stop.clone());
+        let native_conn = conn.clone();
         let shared = shared.clone();
         let framing = Arc::new(Framing::default());
         let judged = framing.clone();
         let svc = service_fn(move |req| {
             let rt = shared.load_full();
             let ambiguous = judged.next_is_ambiguous();
+            let conn = conn.clone();
             async move {
                 if ambiguous {
                     return Ok::<_, Infallible>(proxy::refuse_ambiguous(&req));
@@ -81,6 +83,16 @@ pub(crate) async fn serve(
             let _permit = permit;
             open.inc();
             match tls {
+                None if native => {
+                    let (shared, stop) = engine;
+                    if let h1::Served::Hyper(tcp, read) = h1::serve(tcp, &native_conn, index, shared, stop).await {
+                        let io = TokioIo::new(FramingGuard::resume(tcp, read, framing));
+                        let conn = builder.serve_connection_with_upgrades(io, svc);
+                        if let Err(e) = watcher.watch(conn.into_owned()).await {
+                            tracing::debug!(error = %e, "client connection ended with an error");
+                        }
+                    }
+                }
                 None => {
                     let io = TokioIo::new(FramingGuard::new(tcp, framing));
                     let conn = builder.serve_connection_with_upgrades(io, svc);
@@ -104,10 +116,13 @@ pub(crate) async fn serve(
         });
     };
     drop(socket);
-    if tokio::time::timeout(deadline, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    // Native-engine connections end themselves between requests once `stop`
+    // is set; hyper's are told by `graceful`. Both are among `tasks`.
+    let drained = async {
+        graceful.shutdown().await;
+        while tasks.join_next().await.is_some() {}
+    };
+    if tokio::time::timeout(deadline, drained).await.is_err() {
         tracing::warn!(listener = %name, "drain deadline passed; closing remaining connections");
     }
     tasks.abort_all();

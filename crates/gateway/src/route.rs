@@ -81,7 +81,7 @@ pub(crate) struct HeaderEdits {
 }
 
 impl HeaderEdits {
-    fn compile(rules: &HeaderRules) -> HeaderEdits {
+    pub(crate) fn compile(rules: &HeaderRules) -> HeaderEdits {
         let pairs = |m: &std::collections::BTreeMap<String, String>| {
             m.iter()
                 .filter_map(|(k, v)| {
@@ -101,6 +101,16 @@ impl HeaderEdits {
             set: pairs(&rules.set),
             add: pairs(&rules.add),
         }
+    }
+
+    /// Names whose existing fields the edits replace or remove.
+    pub(crate) fn dropped(&self) -> impl Iterator<Item = &HeaderName> {
+        self.remove.iter().chain(self.set.iter().map(|(n, _)| n))
+    }
+
+    /// Fields the edits write.
+    pub(crate) fn written(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.set.iter().chain(&self.add).map(|(n, v)| (n, v))
     }
 
     pub(crate) fn apply(&self, headers: &mut HeaderMap) {
@@ -146,6 +156,14 @@ impl std::ops::Deref for Resolved<'_> {
 }
 
 impl RouteTarget {
+    /// The protocol spoken to the upstream (or the template's).
+    pub(crate) fn protocol(&self) -> crate::config::UpstreamProtocol {
+        match self {
+            RouteTarget::Upstream(u) => u.protocol(),
+            RouteTarget::Service { directory, .. } => directory.protocol(),
+        }
+    }
+
     /// The upstream's (or service-by-name template's) configured name.
     pub(crate) fn name(&self) -> &str {
         match self {
@@ -233,6 +251,15 @@ impl CompiledRoute {
             metrics,
             policies: crate::policy::RoutePolicies::default(),
         })
+    }
+
+    /// Whether the native HTTP/1.1 engine (`crate::h1`) can serve this
+    /// route: no policy that works on hyper's request types (auth, CORS),
+    /// and an upstream that speaks HTTP/1.1.
+    pub(crate) fn native_h1(&self) -> bool {
+        self.policies.auth.is_none()
+            && self.policies.cors.is_none()
+            && self.target.protocol() == crate::config::UpstreamProtocol::Http1
     }
 
     fn conditions(&self) -> usize {

@@ -27,6 +27,10 @@ pub(crate) struct ListenerRuntime {
     pub(crate) builder: auto::Builder<TokioExecutor>,
     /// Request spans, when the embedder configured tracing.
     pub(crate) tracing: Option<Arc<Tracing>>,
+    /// Whether plain HTTP/1.1 requests go through the native engine
+    /// (`crate::h1`): a cleartext listener that speaks HTTP/1.1, without
+    /// request tracing (spans are made on the hyper path).
+    pub(crate) native_h1: bool,
 }
 
 /// A compiled config version.
@@ -134,12 +138,15 @@ impl Runtime {
                 Some(t) => Some(crate::tls::acceptor(t, &l.protocols)?),
                 None => None,
             };
+            let native_h1 =
+                tls.is_none() && l.protocols.contains(&Protocol::Http1) && tracing.is_none();
             listeners.push(ListenerRuntime {
                 name: Arc::from(l.name.as_str()),
                 table: RouteTable::new(routes),
                 limits: l.limits.clone(),
                 tls,
                 builder: connection_builder(&l.limits, &l.protocols),
+                native_h1,
                 tracing: tracing.clone(),
             });
         }

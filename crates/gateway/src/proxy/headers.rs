@@ -3,6 +3,7 @@
 //! `Forwarded` set, `X-Request-Id` kept or generated, W3C `traceparent`
 //! propagated or started.
 
+use super::ClientConn;
 use http::header::{
     HeaderName, HeaderValue, CONNECTION, FORWARDED, TE, TRANSFER_ENCODING, UPGRADE,
 };
@@ -72,41 +73,46 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// Sets the forwarding headers for a request from `client` that arrived over
-/// `proto` for `host`.
+/// Sets the forwarding headers for a request from `client` for `host`.
 pub(crate) fn set_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
-    tls: bool,
+    client: &ClientConn,
     host: Option<&HeaderValue>,
 ) {
-    let proto = if tls { "https" } else { "http" };
-    let ip = client.to_string();
+    let proto: &[u8] = if client.tls { b"https" } else { b"http" };
+    let ip = client.ip_text.as_bytes();
     // Append to any chain a trusted hop before us built, as nginx's
     // $proxy_add_x_forwarded_for does; the last entry is ours.
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip.clone(),
+    let xff = match headers.get(X_FORWARDED_FOR) {
+        Some(prev) if !prev.is_empty() => {
+            HeaderValue::from_bytes(&[prev.as_bytes(), b", ", ip].concat()).ok()
+        }
+        _ => Some(client.ip_text.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    let mut forwarded = match client {
-        IpAddr::V4(_) => format!("for={ip};proto={proto}"),
-        IpAddr::V6(_) => format!("for=\"[{ip}]\";proto={proto}"),
-    };
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if client.tls { "https" } else { "http" }),
+    );
+    let mut forwarded = Vec::with_capacity(64);
+    match client.peer.ip() {
+        IpAddr::V4(_) => forwarded.extend_from_slice(&[b"for=", ip].concat()),
+        IpAddr::V6(_) => forwarded.extend_from_slice(&[b"for=\"[", ip, b"]\""].concat()),
+    }
+    forwarded.extend_from_slice(b";proto=");
+    forwarded.extend_from_slice(proto);
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST, host.clone());
-        if let Ok(h) = host.to_str() {
-            if !h.contains(['"', '\\']) {
-                forwarded.push_str(";host=\"");
-                forwarded.push_str(h);
-                forwarded.push('"');
-            }
+        let h = host.as_bytes();
+        if h.iter().all(|b| b.is_ascii() && *b != b'"' && *b != b'\\') {
+            forwarded.extend_from_slice(b";host=\"");
+            forwarded.extend_from_slice(h);
+            forwarded.push(b'"');
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+    if let Ok(v) = HeaderValue::from_bytes(&forwarded) {
         headers.append(FORWARDED, v);
     }
 }
@@ -163,14 +169,12 @@ fn valid_traceparent(v: &[u8]) -> bool {
 
 fn write_hex(out: &mut [u8], words: &[u64]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut i = 0;
-    for w in words {
-        for shift in (0..16).rev() {
-            if i < out.len() {
-                out[i] = DIGITS[((w >> (shift * 4)) & 0xf) as usize];
-                i += 1;
-            }
-        }
+    let digits = words
+        .iter()
+        .flat_map(|w| w.to_be_bytes())
+        .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]]);
+    for (slot, d) in out.iter_mut().zip(digits) {
+        *slot = d;
     }
 }
 

@@ -8,14 +8,14 @@
 //! stacked tower layers, so the per-request path boxes nothing and a route
 //! without policies pays nothing for them.
 
-mod headers;
+pub(crate) mod headers;
 mod problem;
 mod retry;
 mod upgrade;
 
 pub(crate) use headers::X_REQUEST_ID;
 pub use problem::GatewayError;
-pub(crate) use retry::RetryState;
+pub(crate) use retry::{Attempt, RetryState};
 
 use crate::body::{Body, BodyError};
 use crate::route::CompiledRoute;
@@ -29,10 +29,21 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Who is on the other end of a client connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ClientConn {
     pub(crate) peer: SocketAddr,
     pub(crate) tls: bool,
+    /// The peer's IP as header text, made once per connection for the
+    /// forwarding headers of each of its requests.
+    pub(crate) ip_text: HeaderValue,
+}
+
+impl ClientConn {
+    pub(crate) fn new(peer: SocketAddr, tls: bool) -> ClientConn {
+        let ip_text = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        ClientConn { peer, tls, ip_text }
+    }
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {
@@ -52,10 +63,9 @@ pub(crate) async fn handle(
     let request_id = headers::request_id(req.headers_mut());
     let method = req.method().clone();
     // The path is copied only when someone listens to the access log.
-    let path_for_log = tracing::enabled!(target: "trellis::access", tracing::Level::INFO)
-        .then(|| req.uri().path().to_owned());
+    let path_for_log = access_log_enabled().then(|| req.uri().path().to_owned());
 
-    let outcome = admit(listener, &req).and_then(|()| {
+    let outcome = admit(listener, req.uri(), req.headers()).and_then(|()| {
         listener
             .table
             .find(&req)
@@ -106,21 +116,50 @@ pub(crate) async fn handle(
     if let Some(r) = &route {
         r.metrics.observe(response.status(), elapsed.as_secs_f64());
     }
-    let Some(path_for_log) = path_for_log else {
-        return response;
-    };
+    if let Some(path) = path_for_log {
+        log_access(&Access {
+            listener: &listener.name,
+            route: route.as_ref().map(|r| &*r.name),
+            method: &method,
+            path: &path,
+            status: response.status(),
+            elapsed,
+            client: conn.peer,
+            request_id: &request_id,
+        });
+    }
+    response
+}
+
+/// Whether anyone listens to the access log (then the path is kept for it).
+pub(crate) fn access_log_enabled() -> bool {
+    tracing::enabled!(target: "trellis::access", tracing::Level::INFO)
+}
+
+/// One line of the access log.
+pub(crate) struct Access<'a> {
+    pub(crate) listener: &'a str,
+    pub(crate) route: Option<&'a str>,
+    pub(crate) method: &'a http::Method,
+    pub(crate) path: &'a str,
+    pub(crate) status: http::StatusCode,
+    pub(crate) elapsed: std::time::Duration,
+    pub(crate) client: SocketAddr,
+    pub(crate) request_id: &'a HeaderValue,
+}
+
+pub(crate) fn log_access(a: &Access<'_>) {
     tracing::info!(
         target: "trellis::access",
-        listener = &*listener.name,
-        route = route.as_ref().map(|r| &*r.name),
-        method = %method,
-        path = %path_for_log,
-        status = response.status().as_u16(),
-        duration_us = elapsed.as_micros() as u64,
-        client = %conn.peer.ip(),
-        request_id = request_id.to_str().unwrap_or(""),
+        listener = a.listener,
+        route = a.route,
+        method = %a.method,
+        path = %a.path,
+        status = a.status.as_u16(),
+        duration_us = a.elapsed.as_micros() as u64,
+        client = %a.client.ip(),
+        request_id = a.request_id.to_str().unwrap_or(""),
     );
-    response
 }
 
 /// The answer to a request whose framing was ambiguous (see
@@ -134,12 +173,16 @@ pub(crate) fn refuse_ambiguous<B>(req: &Request<B>) -> Response<Body> {
 }
 
 /// Listener limits that do not need a route: URI length and declared body size.
-fn admit(listener: &ListenerRuntime, req: &Request<Incoming>) -> Result<(), GatewayError> {
-    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+pub(crate) fn admit(
+    listener: &ListenerRuntime,
+    uri: &Uri,
+    headers: &http::HeaderMap,
+) -> Result<(), GatewayError> {
+    let uri_len = uri.path_and_query().map_or(0, |p| p.as_str().len());
     if uri_len > listener.limits.max_uri_bytes {
         return Err(GatewayError::UriTooLong);
     }
-    let mut lengths = req.headers().get_all(CONTENT_LENGTH).iter();
+    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
     if let Some(cl) = lengths.next() {
         // hyper folds identical duplicates and refuses differing ones; this
         // catches what reaches us over HTTP/2, where framing is the frame's.
@@ -173,8 +216,7 @@ impl RouteService {
             headers::wants_upgrade(req.headers()) && req.version() == http::Version::HTTP_11;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, incoming) = req.into_parts();
-        let policies = &route.policies;
-        if let Some(auth) = &policies.auth {
+        if let Some(auth) = &route.policies.auth {
             if let Err(e) = auth.authenticate(&mut parts).await {
                 let (head, body) = auth.reject(&e).into_parts();
                 let bytes = body
@@ -185,57 +227,15 @@ impl RouteService {
                 return Ok(Response::from_parts(head, Body::full(bytes)));
             }
         }
-        if let Some(limiter) = &policies.limiter {
-            let decision = limiter.check(&parts, conn.peer.ip()).await;
-            if !decision.allowed {
-                return Err(GatewayError::RateLimited { decision });
-            }
-        }
-        let permit = match &policies.bulkhead {
-            Some(b) => Some(
-                b.acquire()
-                    .await
-                    .map_err(|_| GatewayError::UpstreamOverloaded)?,
-            ),
-            None => None,
-        };
-
+        let permit = enforce(route, conn, &parts).await?;
         let (upstream, service_path) = route.resolve(&parts.uri, &parts.headers).await?;
-        let original_host = parts.headers.get(HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        headers::set_forwarded(
-            &mut parts.headers,
-            conn.peer.ip(),
-            conn.tls,
-            original_host.as_ref(),
-        );
-        headers::ensure_traceparent(&mut parts.headers);
-        if !parts.headers.contains_key(HOST) {
-            if let Some(h) = &original_host {
-                parts.headers.insert(HOST, h.clone());
-            }
-        }
-        route.request_headers.apply(&mut parts.headers);
-        let rewritten = || {
-            let mut p = route.rewritten(parts.uri.path())?;
-            if let Some(q) = parts.uri.query() {
-                p.push('?');
-                p.push_str(q);
-            }
-            Some(p)
-        };
-        let path_and_query = match service_path.or_else(rewritten) {
-            Some(p) => p,
-            None => parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-        };
+        let path_and_query = prepare_outbound(route, conn, &mut parts, true, upgrade, service_path)
+            .unwrap_or_else(|| {
+                parts
+                    .uri
+                    .path_and_query()
+                    .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned())
+            });
         let declared = parts.headers.contains_key(CONTENT_LENGTH);
         let body = if declared {
             Body::stream(incoming)
@@ -272,6 +272,71 @@ impl RouteService {
         };
         Ok(Response::from_parts(parts, body))
     }
+}
+
+/// The rate limit and the bulkhead of a route, in that order; the permit
+/// (when the route has a bulkhead) must live as long as the response streams.
+pub(crate) async fn enforce(
+    route: &CompiledRoute,
+    conn: &ClientConn,
+    parts: &http::request::Parts,
+) -> Result<Option<trellis_resilience::bulkhead::BulkheadPermit>, GatewayError> {
+    let policies = &route.policies;
+    if let Some(limiter) = &policies.limiter {
+        let decision = limiter.check(parts, conn.peer.ip()).await;
+        if !decision.allowed {
+            return Err(GatewayError::RateLimited { decision });
+        }
+    }
+    match &policies.bulkhead {
+        Some(b) => Ok(Some(
+            b.acquire()
+                .await
+                .map_err(|_| GatewayError::UpstreamOverloaded)?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Turns a client's request head into the one sent upstream: hop-by-hop
+/// headers out (`hop_by_hop` says some may be present), forwarding headers
+/// and a trace context in, the route's header edits, and the path after a
+/// rewrite (or the service's path when the request named a service in it).
+/// Returns the path and query to send when it is not the request's own.
+pub(crate) fn prepare_outbound(
+    route: &CompiledRoute,
+    conn: &ClientConn,
+    parts: &mut http::request::Parts,
+    hop_by_hop: bool,
+    upgrade: bool,
+    service_path: Option<String>,
+) -> Option<String> {
+    let original_host = parts.headers.get(HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    if hop_by_hop {
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    }
+    headers::set_forwarded(&mut parts.headers, conn, original_host.as_ref());
+    headers::ensure_traceparent(&mut parts.headers);
+    if !parts.headers.contains_key(HOST) {
+        if let Some(h) = original_host {
+            parts.headers.insert(HOST, h);
+        }
+    }
+    route.request_headers.apply(&mut parts.headers);
+    let rewritten = || {
+        let mut p = route.rewritten(parts.uri.path())?;
+        if let Some(q) = parts.uri.query() {
+            p.push('?');
+            p.push_str(q);
+        }
+        Some(p)
+    };
+    service_path.or_else(rewritten)
 }
 
 /// Builds the absolute URI of `path_and_query` at `authority`.

@@ -160,11 +160,10 @@ impl HashSource {
     }
 
     /// The key's hash in `req`, or `None` when the request does not carry it.
-    pub(crate) fn hash<B>(&self, req: &http::Request<B>) -> Option<u64> {
+    pub(crate) fn hash(&self, uri: &http::Uri, headers: &http::HeaderMap) -> Option<u64> {
         match self {
-            HashSource::Header(name) => req.headers().get(name).map(|v| hash_key(v.as_bytes())),
-            HashSource::Cookie(name) => req
-                .headers()
+            HashSource::Header(name) => headers.get(name).map(|v| hash_key(v.as_bytes())),
+            HashSource::Cookie(name) => headers
                 .get_all(http::header::COOKIE)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
@@ -173,8 +172,7 @@ impl HashSource {
                     let (k, v) = pair.trim().split_once('=')?;
                     (k == name).then(|| hash_key(v.as_bytes()))
                 }),
-            HashSource::PathSegment(n) => req
-                .uri()
+            HashSource::PathSegment(n) => uri
                 .path()
                 .split('/')
                 .filter(|s| !s.is_empty())

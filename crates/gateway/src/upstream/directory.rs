@@ -70,6 +70,10 @@ fn valid_service(name: &str) -> bool {
 }
 
 impl ServiceDirectory {
+    pub(crate) fn protocol(&self) -> crate::config::UpstreamProtocol {
+        self.template.protocol
+    }
+
     pub(crate) fn new(
         template: &UpstreamConfig,
         metrics: &Metrics,

@@ -20,6 +20,8 @@ pub struct Endpoint {
     ejected_until: AtomicU64,
     pub(crate) consecutive_failures: AtomicU32,
     pub(crate) ejections: AtomicU32,
+    /// Idle keep-alive connections of the native HTTP/1.1 engine.
+    pub(crate) idle: crate::h1::IdleConns,
 }
 
 /// Weight of the newest latency sample in the EWMA.
@@ -40,6 +42,7 @@ impl Endpoint {
             ejected_until: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
+            idle: crate::h1::IdleConns::default(),
         })
     }
 

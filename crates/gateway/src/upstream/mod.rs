@@ -37,6 +37,7 @@ pub struct Upstream {
     balancer: Balancer,
     hash: Option<HashSource>,
     client: HttpClient,
+    pool_limits: crate::h1::PoolLimits,
     protocol: UpstreamProtocol,
     max_requests_per_endpoint: Option<usize>,
     outlier: Option<OutlierDetectionConfig>,
@@ -94,6 +95,11 @@ impl Upstream {
                 .as_ref()
                 .and_then(HashSource::from_config),
             client,
+            pool_limits: crate::h1::PoolLimits {
+                max_idle: config.pool.max_idle_per_endpoint,
+                idle_timeout: config.pool.idle_timeout,
+                connect_timeout: config.pool.connect_timeout,
+            },
             protocol: config.protocol,
             max_requests_per_endpoint: config.pool.max_requests_per_endpoint,
             outlier: config.outlier_detection.clone(),
@@ -174,9 +180,18 @@ impl Upstream {
 
     /// Picks an endpoint for `req` and counts it as in flight there.
     pub fn pick<B>(&self, req: &http::Request<B>) -> Result<InFlight, PickError> {
+        self.pick_for(req.uri(), req.headers())
+    }
+
+    /// [`Upstream::pick`] for a request with this target and these headers.
+    pub fn pick_for(
+        &self,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> Result<InFlight, PickError> {
         let set = self.set.load();
         let now = self.now();
-        let key = self.hash.as_ref().and_then(|h| h.hash(req));
+        let key = self.hash.as_ref().and_then(|h| h.hash(uri, headers));
         let endpoint = self
             .balancer
             .pick(&set, now, key)
@@ -193,6 +208,11 @@ impl Upstream {
             }
         }
         Ok(endpoint.begin())
+    }
+
+    /// Pool limits for the native HTTP/1.1 engine's connections.
+    pub(crate) fn pool_limits(&self) -> crate::h1::PoolLimits {
+        self.pool_limits
     }
 
     pub(crate) fn client(&self) -> &HttpClient {

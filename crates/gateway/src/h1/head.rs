@@ -1,0 +1,594 @@
+//! Message heads for the native HTTP/1.1 engine: a client's request head
+//! judged and parsed with `httparse` (the parser hyper uses), an upstream's
+//! response head parsed for its framing, and both written out again.
+//!
+//! A request head is only taken by the native engine when it is plain:
+//! HTTP/1.1, origin-form target, no `Transfer-Encoding`, at most one valid
+//! `Content-Length`, no `Expect`, no upgrade, not gRPC. Anything else — or
+//! anything malformed — is [`Scan::Fallback`], and hyper serves the
+//! connection from that request on, with its own answers to bad input.
+
+use crate::route::HeaderEdits;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, StatusCode, Uri};
+use std::ops::Range;
+
+/// What the bytes gathered so far hold.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Scan {
+    /// Not a whole head yet.
+    Partial,
+    /// A plain request head of `len` bytes.
+    Ready(RequestShape),
+    /// Something the native engine leaves to hyper.
+    Fallback,
+}
+
+/// What the scan learned of a plain request head.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct RequestShape {
+    pub(crate) len: usize,
+    pub(crate) body_len: u64,
+    /// The client asked to close the connection after this request.
+    pub(crate) close: bool,
+    /// A hop-by-hop field may be present (so the head must be cleaned).
+    pub(crate) hop_by_hop: bool,
+}
+
+/// Positions of the parts of a scanned head, reused from request to request.
+#[derive(Debug, Default)]
+pub(crate) struct Fields {
+    method: Range<usize>,
+    target: Range<usize>,
+    headers: Vec<(Range<usize>, Range<usize>)>,
+}
+
+fn span(base: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// Judges the start of `buf` as a request head, recording where its parts
+/// lie in `fields`. `max_headers` and `max_head` are the listener's limits;
+/// past them the request goes to hyper, which answers `431`.
+pub(crate) fn scan(buf: &[u8], max_headers: usize, max_head: usize, fields: &mut Fields) -> Scan {
+    let mut storage = [httparse::EMPTY_HEADER; 128];
+    let mut heap;
+    let headers: &mut [httparse::Header<'_>] = if max_headers <= storage.len() {
+        &mut storage[..max_headers]
+    } else {
+        heap = vec![httparse::EMPTY_HEADER; max_headers];
+        &mut heap
+    };
+    let mut req = httparse::Request::new(headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() <= max_head => return Scan::Partial,
+        _ => return Scan::Fallback,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Scan::Fallback;
+    };
+    if len > max_head || !target.starts_with('/') {
+        return Scan::Fallback;
+    }
+    let mut body_len = None;
+    let mut close = false;
+    let mut hop_by_hop = false;
+    fields.headers.clear();
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if body_len.is_some() {
+                return Scan::Fallback;
+            }
+            match parse_length(h.value) {
+                Some(n) => body_len = Some(n),
+                None => return Scan::Fallback,
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+        {
+            return Scan::Fallback;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            hop_by_hop = true;
+            for token in h.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Scan::Fallback;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"content-type")
+            && h.value.starts_with(b"application/grpc")
+        {
+            // gRPC's errors are statuses in trailers, which hyper's path writes.
+            return Scan::Fallback;
+        } else if is_hop_by_hop(name) || name.eq_ignore_ascii_case(b"proxy-authorization") {
+            hop_by_hop = true;
+        }
+        fields.headers.push((span(buf, name), span(buf, h.value)));
+    }
+    fields.method = span(buf, method.as_bytes());
+    fields.target = span(buf, target.as_bytes());
+    Scan::Ready(RequestShape {
+        len,
+        body_len: body_len.unwrap_or(0),
+        close,
+        hop_by_hop,
+    })
+}
+
+/// A `Content-Length` value: digits only, as RFC 9110 §8.6 has it.
+pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Builds the request's parts from a scanned head, sharing its bytes. `None`
+/// when a part is not valid for the `http` types (hyper then judges it).
+pub(crate) fn parts(head: &Bytes, fields: &Fields) -> Option<http::request::Parts> {
+    let method = Method::from_bytes(&head[fields.method.clone()]).ok()?;
+    let uri = Uri::from_maybe_shared(head.slice(fields.target.clone())).ok()?;
+    // Room for the forwarding and tracing fields the proxy adds.
+    let mut headers = HeaderMap::with_capacity(fields.headers.len() + 8);
+    for (name, value) in &fields.headers {
+        let name = HeaderName::from_bytes(&head[name.clone()]).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
+        headers.append(name, value);
+    }
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.headers = headers;
+    Some(parts)
+}
+
+/// Writes the head of a request to send upstream.
+pub(crate) fn write_request(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    write_fields(out, headers);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Writes a whole response the gateway produced itself (an error).
+pub(crate) fn write_response(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    close: bool,
+) {
+    write_status_line(
+        out,
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("").as_bytes(),
+    );
+    write_fields(out, headers);
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+fn write_status_line(out: &mut Vec<u8>, code: u16, reason: &[u8]) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How an upstream response's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes (no length, not chunked).
+    UntilClose,
+}
+
+/// An upstream's response head, parsed.
+#[derive(Debug)]
+pub(crate) struct ResponseHead {
+    pub(crate) status: StatusCode,
+    pub(crate) len: usize,
+    pub(crate) framing: Framing,
+    /// The upstream will close the connection after this response.
+    pub(crate) close: bool,
+    reason: Range<usize>,
+    /// Some field is named by a `Connection` field (other than `close` and
+    /// `keep-alive`), so it must be looked for.
+    connection_names: bool,
+}
+
+/// Why an upstream response head was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadResponse {
+    Malformed,
+    TooLarge,
+}
+
+/// Largest upstream response head accepted, and most fields in it.
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+const MAX_RESPONSE_FIELDS: usize = 128;
+
+/// Parses the response head at the start of `buf`; `Ok(None)` while incomplete.
+/// `head_request` says the request was `HEAD`, whose response has no body.
+pub(crate) fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+    fields: &mut Vec<(Range<usize>, Range<usize>)>,
+) -> Result<Option<ResponseHead>, BadResponse> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
+    let mut res = httparse::Response::new(&mut storage);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_RESPONSE_HEAD => return Ok(None),
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+            return Err(BadResponse::TooLarge)
+        }
+        Err(_) => return Err(BadResponse::Malformed),
+    };
+    let status = res
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(BadResponse::Malformed)?;
+    let mut length = None;
+    let mut chunked = None;
+    let mut close = res.version == Some(0);
+    let mut connection_names = false;
+    fields.clear();
+    for h in res.headers.iter() {
+        let name = h.name.as_bytes();
+        fields.push((span(buf, name), span(buf, h.value)));
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = parse_length(h.value).ok_or(BadResponse::Malformed)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(BadResponse::Malformed);
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = h
+                .value
+                .rsplit(|b| *b == b',')
+                .next()
+                .unwrap_or(b"")
+                .trim_ascii();
+            chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for t in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !t.eq_ignore_ascii_case(b"keep-alive") && !t.is_empty() {
+                    connection_names = true;
+                }
+            }
+        }
+    }
+    let bodiless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = match (chunked, length) {
+        // Both: the smuggling shape; refuse rather than pick one.
+        (Some(_), Some(_)) => return Err(BadResponse::Malformed),
+        _ if bodiless => Framing::Empty,
+        (Some(true), None) => Framing::Chunked,
+        (Some(false), None) => Framing::UntilClose,
+        (None, Some(n)) => Framing::Length(n),
+        (None, None) => Framing::UntilClose,
+    };
+    Ok(Some(ResponseHead {
+        status,
+        len,
+        framing,
+        close: close || framing == Framing::UntilClose,
+        reason: res.reason.map_or(0..0, |r| span(buf, r.as_bytes())),
+        connection_names,
+    }))
+}
+
+/// Whether `name` is a hop-by-hop field that never passes a proxy (RFC
+/// 9110 §7.6.1), besides those a `Connection` field names. By length first:
+/// this runs for every field of every response.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    let candidate: &[u8] = match name.len() {
+        2 => b"te",
+        7 => b"upgrade",
+        10 if name[0].eq_ignore_ascii_case(&b'c') => b"connection",
+        10 => b"keep-alive",
+        16 => b"proxy-connection",
+        17 => b"transfer-encoding",
+        18 => b"proxy-authenticate",
+        _ => return false,
+    };
+    name.eq_ignore_ascii_case(candidate)
+}
+
+/// What to change in a response head on its way to the client.
+pub(crate) struct ResponseEdits<'a> {
+    /// The route's response header edits.
+    pub(crate) route: &'a HeaderEdits,
+    /// Replaces any `X-Request-Id` of the upstream's.
+    pub(crate) request_id: &'a HeaderValue,
+    /// The body is relayed chunked, so the client must be told so.
+    pub(crate) chunked: bool,
+    /// The connection closes after this response.
+    pub(crate) close: bool,
+}
+
+/// Writes the client's copy of the upstream response head `head`, parsed
+/// from `buf` by [`parse_response`] into `fields`, without hop-by-hop fields.
+pub(crate) fn write_response_head(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    head: &ResponseHead,
+    fields: &[(Range<usize>, Range<usize>)],
+    edits: &ResponseEdits<'_>,
+) {
+    write_status_line(out, head.status.as_u16(), &buf[head.reason.clone()]);
+    let named_by_connection = |name: &[u8]| {
+        fields.iter().any(|(n, v)| {
+            buf[n.clone()].eq_ignore_ascii_case(b"connection")
+                && buf[v.clone()]
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+        })
+    };
+    for (name, value) in fields {
+        let name = &buf[name.clone()];
+        if is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"x-request-id")
+            || edits
+                .route
+                .dropped()
+                .any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+            || (head.connection_names && named_by_connection(name))
+        {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&buf[value.clone()]);
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in edits.route.written() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-request-id: ");
+    out.extend_from_slice(edits.request_id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if edits.chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if edits.close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_str(s: &str) -> Scan {
+        scan(s.as_bytes(), 100, 32 * 1024, &mut Fields::default())
+    }
+
+    #[test]
+    fn a_plain_request_is_ready_with_its_body_length() {
+        let head = "POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+        assert_eq!(
+            scan_str(head),
+            Scan::Ready(RequestShape {
+                len: head.len() - 5,
+                body_len: 5,
+                close: false,
+                hop_by_hop: false,
+            })
+        );
+        let close = "GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n";
+        assert!(matches!(
+            scan_str(close),
+            Scan::Ready(RequestShape { close: true, .. })
+        ));
+    }
+
+    #[test]
+    fn what_hyper_should_judge_falls_back() {
+        for head in [
+            "GET / HTTP/1.0\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET http://example.com/ HTTP/1.1\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-type: application/grpc\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nx: a\r\n b\r\n\r\n",
+            "\x00\x01\x02 garbage\r\n\r\n",
+        ] {
+            assert_eq!(scan_str(head), Scan::Fallback, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn limits_hand_the_request_to_hyper_which_answers_431() {
+        let many: String = (0..20).map(|i| format!("x-{i}: v\r\n")).collect();
+        let head = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert!(matches!(
+            scan(head.as_bytes(), 100, 32 * 1024, &mut Fields::default()),
+            Scan::Ready(_)
+        ));
+        assert_eq!(
+            scan(head.as_bytes(), 10, 32 * 1024, &mut Fields::default()),
+            Scan::Fallback
+        );
+        assert_eq!(
+            scan(head.as_bytes(), 100, 64, &mut Fields::default()),
+            Scan::Fallback
+        );
+        // Incomplete and already past the limit: no point waiting for more.
+        assert_eq!(
+            scan(&head.as_bytes()[..100], 100, 64, &mut Fields::default()),
+            Scan::Fallback
+        );
+        assert_eq!(
+            scan(&head.as_bytes()[..50], 100, 64, &mut Fields::default()),
+            Scan::Partial
+        );
+    }
+
+    #[test]
+    fn parts_share_the_head_and_keep_repeated_fields() {
+        let raw =
+            Bytes::from_static(b"GET /p?q=1 HTTP/1.1\r\nHost: a\r\nX-Tag: 1\r\nx-tag: 2\r\n\r\n");
+        let mut fields = Fields::default();
+        assert!(matches!(scan(&raw, 100, 1024, &mut fields), Scan::Ready(_)));
+        let parts = parts(&raw, &fields).unwrap();
+        assert_eq!(parts.method, Method::GET);
+        assert_eq!(parts.uri.path(), "/p");
+        assert_eq!(parts.uri.query(), Some("q=1"));
+        let tags: Vec<_> = parts.headers.get_all("x-tag").iter().collect();
+        assert_eq!(tags, ["1", "2"]);
+        let mut out = Vec::new();
+        write_request(&mut out, &parts.method, "/p?q=1", &parts.headers);
+        assert_eq!(
+            out,
+            b"GET /p?q=1 HTTP/1.1\r\nhost: a\r\nx-tag: 1\r\nx-tag: 2\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let parse = |s: &str, head: bool| parse_response(s.as_bytes(), head, &mut Vec::new());
+        let r = parse("HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (r.status, r.framing, r.close),
+            (StatusCode::OK, Framing::Length(13), false)
+        );
+        let r = parse(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.framing, Framing::Chunked);
+        let r = parse("HTTP/1.1 200 OK\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!((r.framing, r.close), (Framing::UntilClose, true));
+        let r = parse("HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.framing, Framing::Empty);
+        let r = parse(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 13\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.framing, Framing::Empty);
+        let r = parse("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert!(r.close);
+        let r = parse(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(r.close);
+        assert!(parse("HTTP/1.1 200 OK\r\nContent-Le", false)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn hostile_responses_are_refused() {
+        let parse = |s: &str| {
+            parse_response(s.as_bytes(), false, &mut Vec::new()).map(|r| r.map(|r| r.framing))
+        };
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nBad Name: 1\r\n\r\n",
+            "garbage\r\n\r\n",
+        ] {
+            assert_eq!(parse(bad), Err(BadResponse::Malformed), "{bad:?}");
+        }
+        let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_RESPONSE_HEAD));
+        assert_eq!(parse(&huge), Err(BadResponse::TooLarge));
+        let many: String = (0..200).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert_eq!(
+            parse(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")),
+            Err(BadResponse::TooLarge)
+        );
+        // The same length twice is one length (RFC 9110 §8.6).
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n"),
+            Ok(Some(Framing::Length(2)))
+        );
+    }
+
+    #[test]
+    fn the_client_copy_drops_hop_by_hop_fields_and_applies_edits() {
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nServer: up\r\nX-Internal: secret\r\nX-Request-Id: theirs\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let rules: crate::config::HeaderRules =
+            toml::from_str("remove = [\"x-internal\"]\nadd = { via = \"trellis\" }").unwrap();
+        let route = HeaderEdits::compile(&rules);
+        let mut fields = Vec::new();
+        let head = parse_response(raw, false, &mut fields).unwrap().unwrap();
+        let mut out = Vec::new();
+        write_response_head(
+            &mut out,
+            raw,
+            &head,
+            &fields,
+            &ResponseEdits {
+                route: &route,
+                request_id: &HeaderValue::from_static("ours"),
+                chunked: true,
+                close: false,
+            },
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nServer: up\r\nvia: trellis\r\nx-request-id: ours\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+}
