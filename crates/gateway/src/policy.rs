@@ -74,6 +74,9 @@ enum RateKey {
 
 enum Limiter {
     Memory(RateLimiter<String, MemoryStore<String>>),
+    /// Keyed by client IP in memory: the address itself is the key, so a
+    /// decision neither formats nor allocates.
+    MemoryByIp(RateLimiter<IpAddr, MemoryStore<IpAddr>>),
     Redis(RateLimiter<String, RedisStore>),
 }
 
@@ -131,7 +134,12 @@ pub(crate) fn check_rate_limit(
 pub(crate) fn limiter(p: &RateLimitPolicy) -> Result<RouteLimiter, String> {
     let quota = quota(p)?;
     let key = parse_key(&p.key)?;
-    let limiter = if p.store == "memory" {
+    let limiter = if p.store == "memory" && matches!(key, RateKey::ClientIp) {
+        Limiter::MemoryByIp(RateLimiter::new(
+            quota,
+            MemoryStore::with_max_keys(100_000).map_err(|e| e.to_string())?,
+        ))
+    } else if p.store == "memory" {
         Limiter::Memory(RateLimiter::new(
             quota,
             MemoryStore::with_max_keys(100_000).map_err(|e| e.to_string())?,
@@ -148,6 +156,9 @@ impl RouteLimiter {
     /// Decides one request. Requests without the key share one bucket, so
     /// leaving a header out is no way around the limit.
     pub(crate) async fn check(&self, req: &http::request::Parts, client: IpAddr) -> Decision {
+        if let Limiter::MemoryByIp(l) = &self.limiter {
+            return l.check(&client).await;
+        }
         let identity = req.extensions.get::<Identity>();
         let key = match &self.key {
             RateKey::ClientIp => client.to_string(),
@@ -169,6 +180,7 @@ impl RouteLimiter {
         match &self.limiter {
             Limiter::Memory(l) => l.check(&key).await,
             Limiter::Redis(l) => l.check(&key).await,
+            Limiter::MemoryByIp(l) => l.check(&client).await,
         }
     }
 }
