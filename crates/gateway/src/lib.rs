@@ -39,6 +39,7 @@ mod route;
 mod runtime;
 mod tls;
 pub mod upstream;
+mod workers;
 
 pub use config::GatewayConfig;
 pub use otel::Tracing;
@@ -71,7 +72,7 @@ pub enum StartError {
     },
     #[error("the gateway must be started inside a tokio runtime")]
     NoRuntime,
-    #[error("listeners cannot be added, removed, renamed or rebound by a reload: {0}")]
+    #[error("listeners cannot be added, removed, renamed, rebound or given other workers by a reload: {0}")]
     ListenersChanged(String),
     #[error("internal error compiling the config: {0}")]
     Internal(String),
@@ -131,6 +132,7 @@ impl Gateway {
             options.resolver,
         )
         .await?;
+        // Every socket is bound here, so a bad address fails the start.
         let mut sockets = Vec::new();
         for l in &runtime.config.listeners {
             let bind_err = |source| StartError::Bind {
@@ -138,35 +140,64 @@ impl Gateway {
                 address: l.bind,
                 source,
             };
-            let std = std::net::TcpListener::bind(l.bind).map_err(bind_err)?;
-            std.set_nonblocking(true).map_err(bind_err)?;
-            let addr = std.local_addr().map_err(bind_err)?;
-            let socket = {
-                let _guard = handle.enter();
-                tokio::net::TcpListener::from_std(std).map_err(bind_err)?
-            };
-            sockets.push((l.name.clone(), addr, socket));
+            let bound = workers::bind(l.bind, l.workers.max(1), l.workers > 0).map_err(bind_err)?;
+            sockets.push((l.name.clone(), l.workers, bound));
         }
         let shared = Arc::new(ArcSwap::from_pointee(runtime));
         let (stop, stop_rx) = watch::channel(None);
         let mut tasks = Vec::new();
+        let mut threads = Vec::new();
         let mut addrs = Vec::new();
-        for (index, (name, addr, socket)) in sockets.into_iter().enumerate() {
-            tracing::info!(listener = %name, address = %addr, "gateway listening");
-            addrs.push((name, addr));
-            tasks.push(handle.spawn(listener::serve(
-                socket,
-                index,
-                shared.clone(),
-                metrics.clone(),
-                stop_rx.clone(),
-            )));
+        for (index, (name, n, bound)) in sockets.into_iter().enumerate() {
+            let addr = bound.addr;
+            tracing::info!(listener = %name, address = %addr, workers = n, "gateway listening");
+            addrs.push((name.clone(), addr));
+            if n == 0 {
+                for std in bound.sockets {
+                    let socket = {
+                        let _guard = handle.enter();
+                        tokio::net::TcpListener::from_std(std)
+                    }
+                    .map_err(|source| StartError::Bind {
+                        listener: name.clone(),
+                        address: addr,
+                        source,
+                    })?;
+                    let serve = listener::serve(
+                        socket,
+                        index,
+                        shared.clone(),
+                        metrics.clone(),
+                        stop_rx.clone(),
+                        1,
+                    );
+                    tasks.push(handle.spawn(serve));
+                }
+                continue;
+            }
+            for (i, std) in bound.sockets.into_iter().enumerate() {
+                let worker = workers::Worker {
+                    name: format!("trellis-gw-{name}-{i}"),
+                    socket: std,
+                    index,
+                    shared: shared.clone(),
+                    metrics: metrics.clone(),
+                    stop: stop_rx.clone(),
+                    share: n,
+                };
+                threads.push(worker.start().map_err(|source| StartError::Bind {
+                    listener: name.clone(),
+                    address: addr,
+                    source,
+                })?);
+            }
         }
         Ok(GatewayHandle {
             shared,
             metrics,
             stop,
             tasks: parking_lot::Mutex::new(tasks),
+            threads: parking_lot::Mutex::new(threads),
             addrs,
         })
     }
@@ -178,6 +209,8 @@ pub struct GatewayHandle {
     metrics: Metrics,
     stop: watch::Sender<Option<Duration>>,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+    /// Listener worker threads; each says when it has finished.
+    threads: parking_lot::Mutex<Vec<tokio::sync::oneshot::Receiver<()>>>,
     addrs: Vec<(String, SocketAddr)>,
 }
 
@@ -214,9 +247,13 @@ impl GatewayHandle {
             .config
             .listeners
             .iter()
-            .map(|l| (&l.name, l.bind))
+            .map(|l| (&l.name, l.bind, l.workers))
             .collect();
-        let new: Vec<_> = config.listeners.iter().map(|l| (&l.name, l.bind)).collect();
+        let new: Vec<_> = config
+            .listeners
+            .iter()
+            .map(|l| (&l.name, l.bind, l.workers))
+            .collect();
         if old != new {
             return Err(StartError::ListenersChanged(format!(
                 "running {old:?}, new {new:?}"
@@ -237,6 +274,10 @@ impl GatewayHandle {
         let _ = self.stop.send(Some(deadline));
         let tasks = std::mem::take(&mut *self.tasks.lock());
         for t in tasks {
+            let _ = t.await;
+        }
+        let threads = std::mem::take(&mut *self.threads.lock());
+        for t in threads {
             let _ = t.await;
         }
     }

@@ -19,16 +19,22 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 /// Serves `socket` as listener number `index` until `stop` turns true, then
-/// drains open connections for up to the deadline sent with it.
+/// drains open connections for up to the deadline sent with it. `share` is
+/// how many sockets (workers) serve the listener.
 pub(crate) async fn serve(
     socket: TcpListener,
     index: usize,
     shared: Arc<ArcSwap<Runtime>>,
     metrics: Metrics,
     mut stop: watch::Receiver<Option<Duration>>,
+    share: usize,
 ) {
     let name = shared.load().listeners[index].name.clone();
-    let max = shared.load().listeners[index].limits.max_connections;
+    // A listener served by several workers splits its connection cap.
+    let max = shared.load().listeners[index]
+        .limits
+        .max_connections
+        .div_ceil(share.max(1));
     let permits = Arc::new(Semaphore::new(max));
     let open = metrics.connections(&name);
     let graceful = GracefulShutdown::new();

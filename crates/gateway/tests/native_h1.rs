@@ -428,3 +428,45 @@ async fn a_client_that_leaves_mid_body_is_not_held_against_the_endpoint() {
     );
     gw.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn a_listener_with_workers_serves_on_threads_of_its_own_and_drains_them() {
+    let up = scripted(|_| (ok("w"), false)).await;
+    let cfg = |workers: usize| {
+        format!(
+            r#"
+            [[listeners]]
+            name = "main"
+            bind = "127.0.0.1:0"
+            workers = {workers}
+            [[routes]]
+            name = "r"
+            upstream = "u"
+            [[upstreams]]
+            name = "u"
+            endpoints = ["{}"]
+            "#,
+            up.addr
+        )
+    };
+    let (gw, _) = start(&cfg(2)).await;
+    let addr = gw.local_addr("main").unwrap();
+    assert_ne!(addr.port(), 0, "the workers share the port the first one picked");
+    let calls = (0..64).map(|i| async move {
+        // A connection each, so both workers' sockets take some.
+        let c = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap();
+        let resp = c.get(format!("http://{addr}/{i}")).send().await.unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    });
+    for (status, body) in futures::future::join_all(calls).await {
+        assert_eq!((status.as_u16(), body.as_str()), (200, "w"));
+    }
+    // The thread count is part of how the listener is bound: not reloadable.
+    let err = gw.reload(parse(&cfg(3))).await.unwrap_err();
+    assert!(err.to_string().contains("workers"), "{err}");
+    // Shutdown waits for the worker threads, which then stop listening.
+    tokio::time::timeout(Duration::from_secs(5), gw.shutdown(Duration::from_secs(1)))
+        .await
+        .expect("workers drain and end");
+    assert!(TcpStream::connect(addr).await.is_err(), "nothing listens after shutdown");
+}

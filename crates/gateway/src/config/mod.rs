@@ -71,6 +71,12 @@ pub struct Listener {
     pub protocols: Vec<Protocol>,
     #[serde(default)]
     pub limits: Limits,
+    /// Threads of its own for this listener, each with a single-threaded
+    /// runtime and its own `SO_REUSEPORT` socket (thread per core, as
+    /// nginx's workers); connections stay on the thread that accepted them.
+    /// 0 serves the listener on the node's shared runtime.
+    #[serde(default)]
+    pub workers: usize,
 }
 
 /// HTTP versions a listener speaks. Over TLS they are offered by ALPN; in

@@ -100,6 +100,9 @@ impl GatewayConfig {
             if lim.max_connections == 0 {
                 errs.push(format!("{at}.limits.max_connections"), "must be at least 1");
             }
+            if l.workers > 1024 {
+                errs.push(format!("{at}.workers"), "must be at most 1024");
+            }
             if let Some(tls) = &l.tls {
                 if tls.certificates.is_empty() {
                     errs.push(

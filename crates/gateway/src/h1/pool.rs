@@ -20,10 +20,17 @@ pub(crate) struct UpstreamConn {
     pub(crate) reused: bool,
 }
 
-/// Idle connections of one endpoint.
+/// Idle connections of one endpoint, each with the worker thread whose
+/// runtime it is registered with (`crate::workers::current`).
 #[derive(Default)]
 pub(crate) struct IdleConns {
-    conns: parking_lot::Mutex<Vec<(UpstreamConn, Instant)>>,
+    conns: parking_lot::Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    conn: UpstreamConn,
+    since: Instant,
+    worker: u32,
 }
 
 impl std::fmt::Debug for IdleConns {
@@ -58,9 +65,15 @@ impl IdleConns {
     }
 
     fn take_live(&self, idle_timeout: Duration) -> Option<UpstreamConn> {
+        let worker = crate::workers::current();
         loop {
-            let (mut conn, since) = self.conns.lock().pop()?;
-            if since.elapsed() < idle_timeout && still_open(&conn.io) {
+            let idle = {
+                let mut conns = self.conns.lock();
+                let at = conns.iter().rposition(|i| i.worker == worker)?;
+                conns.remove(at)
+            };
+            let mut conn = idle.conn;
+            if idle.since.elapsed() < idle_timeout && still_open(&conn.io) {
                 conn.reused = true;
                 return Some(conn);
             }
@@ -72,7 +85,11 @@ impl IdleConns {
         conn.buf.clear();
         let mut idle = self.conns.lock();
         if idle.len() < limits.max_idle {
-            idle.push((conn, Instant::now()));
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+                worker: crate::workers::current(),
+            });
         }
     }
 }
