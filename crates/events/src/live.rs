@@ -55,8 +55,10 @@ pub(crate) struct Live {
 
 #[derive(Default)]
 struct Tail {
-    /// Committed events with contiguous positions, oldest first.
-    events: VecDeque<RecordedEvent>,
+    /// Committed events with contiguous positions, oldest first; shared, so a
+    /// subscription copies them outside the lock that the committing thread
+    /// (on SQLite, the writer) also takes.
+    events: VecDeque<Arc<RecordedEvent>>,
     bytes: usize,
 }
 
@@ -133,7 +135,7 @@ impl Live {
         }
         for e in events {
             tail.bytes += size_of(&e);
-            tail.events.push_back(e);
+            tail.events.push_back(Arc::new(e));
         }
         while tail.events.len() > MAX_EVENTS || (tail.bytes > MAX_BYTES && tail.events.len() > 1) {
             if let Some(old) = tail.events.pop_front() {
@@ -154,28 +156,32 @@ impl Live {
         max_scan: usize,
         out: &mut VecDeque<RecordedEvent>,
     ) -> Option<u64> {
-        let tail = self.tail.lock();
-        let first = tail.events.front()?.position;
-        let last = tail.events.back()?.position;
-        if after < first.saturating_sub(1) || after >= last {
-            return None;
-        }
-        // Positions are contiguous, so the index is the distance from the first.
-        let start = usize::try_from(after + 1 - first).ok()?;
         // Storage ignores an empty type list too.
         let types = types.filter(|t| !t.is_empty());
         let mut scanned = after;
-        for e in tail.events.range(start..).take(max_scan.max(1)) {
-            scanned = e.position;
-            let wanted = match target {
-                SubscriptionTarget::All => true,
-                SubscriptionTarget::Stream(s) => e.stream == *s,
-                SubscriptionTarget::Category(c) => category_of(&e.stream) == c,
-            };
-            if wanted && types.is_none_or(|t| t.contains(&e.event_type)) {
-                out.push_back(e.clone());
+        let mut matched = Vec::new();
+        {
+            let tail = self.tail.lock();
+            let first = tail.events.front()?.position;
+            let last = tail.events.back()?.position;
+            if after < first.saturating_sub(1) || after >= last {
+                return None;
+            }
+            // Positions are contiguous, so the index is the distance from the first.
+            let start = usize::try_from(after + 1 - first).ok()?;
+            for e in tail.events.range(start..).take(max_scan.max(1)) {
+                scanned = e.position;
+                let wanted = match target {
+                    SubscriptionTarget::All => true,
+                    SubscriptionTarget::Stream(s) => e.stream == *s,
+                    SubscriptionTarget::Category(c) => category_of(&e.stream) == c,
+                };
+                if wanted && types.is_none_or(|t| t.contains(&e.event_type)) {
+                    matched.push(e.clone());
+                }
             }
         }
+        out.extend(matched.into_iter().map(|e| (*e).clone()));
         Some(scanned)
     }
 }
