@@ -10,7 +10,23 @@
 //!
 //! `cargo bench -p trellis-events --bench events`; `BENCH_SECS` (default 2) per cell.
 //! `BENCH_CELLS=64x1,16x10` runs only those append cells (writers x batch) and
-//! skips the read and live sections; `BENCH_SQLITE_ONLY=1` skips PostgreSQL.
+//! skips the read and live sections; `BENCH_SECTIONS=appends,reads,live` picks
+//! sections (default: all, or `appends` with `BENCH_CELLS`);
+//! `BENCH_SQLITE_ONLY=1` skips PostgreSQL; `BENCH_LIVE_EVENTS` (default 1000)
+//! sets how many events the live-latency section appends.
+//!
+//! **A settled disk for every measurement.** SQLite and PostgreSQL share one
+//! disk here, and a PostgreSQL cell leaves it busy for seconds afterwards (its
+//! background writer and checkpoints flush what the cell dirtied), which then
+//! lands on whichever cell runs next — SQLite's 64 x 1 cell measured ~16.5k
+//! appends/s after PostgreSQL's 16 x 100 cell against 22–26k alone. So before
+//! each measured cell or section, of either backend, the bench runs a
+//! PostgreSQL `CHECKPOINT` (when PostgreSQL is in the run), `sync`s, and waits
+//! until the kernel has no more than [`SETTLED_DIRTY_KIB`] of dirty or
+//! in-writeback pages (at most [`SETTLE_MAX`]), then [`SETTLE_PAUSE`]. This
+//! changes what runs *between* measurements only; durability is untouched
+//! (SQLite `synchronous=FULL`, no acknowledgement before fsync).
+//! `BENCH_NO_SETTLE=1` measures as before (back to back).
 //! After the append table, CPU per SQLite append is printed: the writer
 //! thread's (from `/proc/self/task/*/schedstat`, in ns, so repeatable on a
 //! noisy machine where wall-clock throughput is not) and the whole process's.
@@ -27,6 +43,14 @@ use trellis_events::{
 use trellis_store::{Store, StoreConfig};
 
 const PG_URL: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+
+/// Dirty plus in-writeback page cache (`/proc/meminfo`) below which the disk
+/// counts as settled.
+const SETTLED_DIRTY_KIB: u64 = 4 * 1024;
+/// The longest the bench waits for the disk to settle before a measurement.
+const SETTLE_MAX: Duration = Duration::from_secs(10);
+/// A pause after settling, so writes queued in the device finish too.
+const SETTLE_PAUSE: Duration = Duration::from_millis(250);
 const WRITERS: [usize; 3] = [1, 16, 64];
 const BATCHES: [usize; 3] = [1, 10, 100];
 
@@ -37,6 +61,47 @@ fn secs() -> Duration {
             .and_then(|s| s.parse().ok())
             .unwrap_or(2.0),
     )
+}
+
+/// Whether `BENCH_SECTIONS` (or its default) includes `name`.
+fn section(name: &str) -> bool {
+    match std::env::var("BENCH_SECTIONS") {
+        Ok(v) => v.split(',').any(|s| s.trim() == name),
+        Err(_) => name == "appends" || std::env::var("BENCH_CELLS").is_err(),
+    }
+}
+
+/// Kernel dirty + writeback page cache, in KiB (0 if unreadable).
+fn dirty_kib() -> u64 {
+    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else {
+        return 0;
+    };
+    info.lines()
+        .filter(|l| l.starts_with("Dirty:") || l.starts_with("Writeback:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Lets the disk settle before a measurement (see the module docs): a
+/// PostgreSQL `CHECKPOINT` when it is in the run, `sync`, then a wait for the
+/// page cache's dirty pages to drain.
+async fn settle(pg: bool) {
+    if std::env::var("BENCH_NO_SETTLE").is_ok_and(|v| v == "1") {
+        return;
+    }
+    if pg {
+        let (client, conn) = tokio_postgres::connect(PG_URL, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client.batch_execute("CHECKPOINT").await.unwrap();
+    }
+    let _ = tokio::task::spawn_blocking(|| std::process::Command::new("sync").status()).await;
+    let start = Instant::now();
+    while dirty_kib() > SETTLED_DIRTY_KIB && start.elapsed() < SETTLE_MAX {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(SETTLE_PAUSE).await;
 }
 
 /// The append cells chosen by `BENCH_CELLS`, or all of them.
@@ -280,7 +345,7 @@ async fn peer_read() -> (usize, f64) {
 
 /// Latency of live delivery: from the start of the append (so including its
 /// durable commit) and from its acknowledgement (the subscription's own share).
-async fn live_latency(es: &EventStore, count: usize) -> [(Duration, Duration); 2] {
+async fn live_latency(es: &EventStore, count: usize) -> [(Duration, Duration); 3] {
     let times: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
     let sub = es.subscribe(SubscriptionOptions::new(
         SubscriptionTarget::Stream("live-1".into()),
@@ -322,13 +387,25 @@ async fn live_latency(es: &EventStore, count: usize) -> [(Duration, Duration); 2
         .zip(&delivered)
         .map(|((_, a), d)| d.saturating_duration_since(*a))
         .collect();
+    // The append's own share: its durable commit and the answer.
+    let mut ack: Vec<Duration> = times.iter().map(|(s, a)| a.duration_since(*s)).collect();
     from_start.sort_unstable();
     from_ack.sort_unstable();
+    ack.sort_unstable();
     let q = |v: &[Duration], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
     [
         (q(&from_start, 0.5), q(&from_start, 0.99)),
         (q(&from_ack, 0.5), q(&from_ack, 0.99)),
+        (q(&ack, 0.5), q(&ack, 0.99)),
     ]
+}
+
+/// The cells of one row of the live-latency table.
+fn live_row(row: &[(Duration, Duration); 3]) -> String {
+    row.iter()
+        .map(|(p50, p99)| format!("{} | {}", ms(*p50), ms(*p99)))
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 /// How many write+fsync rounds the disk takes per second: the ceiling of
@@ -416,8 +493,15 @@ async fn main() {
         .flat_map(|&w| BATCHES.iter().map(move |&b| (w, b)))
         .collect();
     let mut cpu = Vec::new();
-    for &(writers, batch) in chosen.as_ref().unwrap_or(&all_cells) {
+    let appends_cells: &[(usize, usize)] = if section("appends") {
+        chosen.as_deref().unwrap_or(&all_cells)
+    } else {
+        &[]
+    };
+    let with_pg = pg.is_some();
+    for &(writers, batch) in appends_cells {
         let run = format!("{writers}x{batch}");
+        settle(with_pg).await;
         let (w0, p0, g0, b0) = (
             writer_cpu_ns(),
             process_cpu_ns(),
@@ -445,10 +529,12 @@ async fn main() {
             b1.saturating_sub(b0) as f64 / 1024.0 / appended,
         ));
         let (p, peer) = match &pg_es {
-            Some(es) => (
-                Some(appends(es, writers, batch, &run).await),
-                Some(peer_inserts(writers, batch).await),
-            ),
+            Some(es) => {
+                settle(with_pg).await;
+                let p = appends(es, writers, batch, &run).await;
+                settle(with_pg).await;
+                (Some(p), Some(peer_inserts(writers, batch).await))
+            }
             None => (None, None),
         };
         let cell = |c: &Option<Cell>| match c {
@@ -477,46 +563,40 @@ async fn main() {
     for (w, b, wcpu, pcpu, per_commit, kib) in cpu {
         println!("| {w} | {b} | {wcpu:.1} | {pcpu:.1} | {per_commit:.1} | {kib:.1} |");
     }
-    if chosen.is_some() {
-        if let Some(s) = &pg {
-            s.drop_postgres_schema().await.unwrap();
+    if section("reads") {
+        println!("\n$all read throughput (pages of 1000)");
+        settle(with_pg).await;
+        let (n, rate) = read_all(&sqlite_es).await;
+        println!("| SQLite | {n} events | {rate:.0} events/s |");
+        if let Some(es) = &pg_es {
+            settle(with_pg).await;
+            let (n, rate) = read_all(es).await;
+            println!("| PostgreSQL | {n} events | {rate:.0} events/s |");
+            settle(with_pg).await;
+            let (n, rate) = peer_read().await;
+            println!("| peer: plain SELECTs from PostgreSQL | {n} rows | {rate:.0} rows/s |");
         }
-        sqlite.close();
-        return;
     }
 
-    println!("\n$all read throughput (pages of 1000)");
-    let (n, rate) = read_all(&sqlite_es).await;
-    println!("| SQLite | {n} events | {rate:.0} events/s |");
-    if let Some(es) = &pg_es {
-        let (n, rate) = read_all(es).await;
-        println!("| PostgreSQL | {n} events | {rate:.0} events/s |");
-        let (n, rate) = peer_read().await;
-        println!("| peer: plain SELECTs from PostgreSQL | {n} rows | {rate:.0} rows/s |");
-    }
-
-    println!("\nlive subscription latency (1000 events, one every ~1 ms)");
-    println!(
-        "| backend | append start → delivery p50 ms | p99 ms | ack → delivery p50 ms | p99 ms |"
-    );
-    println!("|---|---:|---:|---:|---:|");
-    let [(a50, a99), (k50, k99)] = live_latency(&sqlite_es, 1000).await;
-    println!(
-        "| SQLite | {} | {} | {} | {} |",
-        ms(a50),
-        ms(a99),
-        ms(k50),
-        ms(k99)
-    );
-    if let Some(es) = &pg_es {
-        let [(a50, a99), (k50, k99)] = live_latency(es, 1000).await;
+    if section("live") {
+        let count = std::env::var("BENCH_LIVE_EVENTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or(1000);
+        println!("\nlive subscription latency ({count} events, one every ~1 ms)");
         println!(
-            "| PostgreSQL | {} | {} | {} | {} |",
-            ms(a50),
-            ms(a99),
-            ms(k50),
-            ms(k99)
+            "| backend | append start → delivery p50 ms | p99 ms | ack → delivery p50 ms | p99 ms | append start → ack p50 ms | p99 ms |"
         );
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        settle(with_pg).await;
+        let row = live_latency(&sqlite_es, count).await;
+        println!("| SQLite | {} |", live_row(&row));
+        if let Some(es) = &pg_es {
+            settle(with_pg).await;
+            let row = live_latency(es, count).await;
+            println!("| PostgreSQL | {} |", live_row(&row));
+        }
     }
 
     if let Some(s) = &pg {

@@ -34,8 +34,13 @@
 //!   for the duration of their commit — the same as SQLite's single writer.
 //! - **Subscriptions** ([`subscribe`]) read pages from storage after their last
 //!   delivered position and, once caught up, sleep on a `watch` of the last
-//!   committed position that the append path bumps; they always re-read from
-//!   storage, so the catch-up → live switch can neither skip nor repeat.
+//!   committed position. An append reports its commit from the thread that
+//!   saw it (on SQLite the writer thread, right after the fsync), which puts
+//!   the events on a short in-memory tail of contiguous committed positions
+//!   and bumps the `watch`; a woken subscription takes the events after its
+//!   checkpoint from that tail when it holds the next position, and from
+//!   storage otherwise, so the catch-up → live switch can neither skip nor
+//!   repeat (see `live.rs`).
 //! - **Transactional writes** for projections and outboxes: [`append_in`]
 //!   appends inside a caller's own [`trellis_store::Tx`], and positions make
 //!   natural checkpoints ([`StartFrom::After`]).
@@ -47,6 +52,7 @@
 pub mod append;
 pub mod error;
 pub mod http;
+mod live;
 mod manage;
 pub mod persistent;
 pub mod read;
@@ -58,7 +64,6 @@ use std::sync::Arc;
 
 use futures::Stream;
 use serde_json::value::RawValue;
-use tokio::sync::watch;
 use trellis_store::{Namespace, StoreError};
 
 pub use append::{append_in, validate_batch};
@@ -83,7 +88,7 @@ pub(crate) fn now_ms() -> i64 {
 struct Inner {
     ns: Namespace,
     limits: Limits,
-    appended: watch::Sender<u64>,
+    live: Arc<live::Live>,
 }
 
 /// The event store of one namespace. Cheap to clone.
@@ -127,14 +132,17 @@ impl EventStore {
         let head = ns
             .read(|tx| Box::pin(async move { read::head_in(tx).await }))
             .await?;
-        let (appended, _) = watch::channel(head);
         Ok(EventStore {
             inner: Arc::new(Inner {
                 ns,
                 limits,
-                appended,
+                live: Arc::new(live::Live::new(head)),
             }),
         })
+    }
+
+    pub(crate) fn live(&self) -> &live::Live {
+        &self.inner.live
     }
 
     pub fn namespace(&self) -> &Namespace {
@@ -148,13 +156,7 @@ impl EventStore {
     /// Wakes live subscribers after events were appended through [`append_in`]
     /// in a caller's own transaction (which has committed).
     pub fn notify_appended(&self, last_position: u64) {
-        self.inner.appended.send_if_modified(|v| {
-            let newer = last_position > *v;
-            if newer {
-                *v = last_position;
-            }
-            newer
-        });
+        self.inner.live.notify(last_position);
     }
 
     /// Appends `events` to `stream` atomically, if `expected` holds.
@@ -168,15 +170,27 @@ impl EventStore {
         events: Vec<EventData>,
     ) -> Result<AppendResult, AppendError> {
         validate_batch(stream, &events, &self.inner.limits)?;
-        let stream = stream.to_owned();
-        let result = self
+        // The body and the commit report share the batch; the report takes it
+        // once the body is done (see `live`).
+        let events = Arc::new(events);
+        let (body_stream, body_events) = (stream.to_owned(), events.clone());
+        let (stream, live) = (stream.to_owned(), self.inner.live.clone());
+        let (result, _) = self
             .inner
             .ns
-            .write(move |tx| {
-                Box::pin(async move { append_in(tx, &stream, expected, &events, now_ms()).await })
-            })
+            .write_then(
+                move |tx| {
+                    Box::pin(async move {
+                        // The time is taken as the append runs, so it follows commit order.
+                        let now = now_ms();
+                        let r = append_in(tx, &body_stream, expected, &body_events, now).await?;
+                        Ok::<_, AppendError>((r, now))
+                    })
+                },
+                // Wakes live subscriptions at the durable commit, from the thread that saw it.
+                move |(r, now): &(AppendResult, i64)| live.committed(r, &stream, events, *now),
+            )
             .await?;
-        self.notify_appended(result.last_position);
         Ok(result)
     }
 
@@ -327,7 +341,7 @@ impl EventStore {
         &self,
         opts: SubscriptionOptions,
     ) -> impl Stream<Item = Result<RecordedEvent, ReadError>> + Send + 'static {
-        let wake = self.inner.appended.subscribe();
+        let wake = self.inner.live.subscribe();
         subscribe::subscribe(self.clone(), opts, wake)
     }
 }

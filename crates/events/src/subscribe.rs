@@ -1,10 +1,12 @@
 //! Live subscriptions: catch up from storage, then follow new appends.
 //!
 //! A subscription remembers the position of the last event it delivered and
-//! always reads the next page from storage (never from the notification
-//! itself), so there is no separate "live" path that could skip or repeat an
-//! event at the switch-over: the append path only wakes it up (a
-//! `tokio::sync::watch` of the last committed position), and it re-reads.
+//! reads the next page after that position, so there is no separate "live"
+//! path that could skip or repeat an event at the switch-over: the append's
+//! commit wakes it (a `tokio::sync::watch` of the last committed position),
+//! and it takes the events after its position from the in-memory tail of
+//! committed events when that tail holds the next one (`crate::live`), or
+//! else from storage.
 //! Each page is read in one snapshot together with the head position, so with
 //! a type filter the subscription also skips past non-matching events it has
 //! already scanned. A periodic poll covers appends made by other processes
@@ -99,6 +101,18 @@ impl State {
                 start
             }
         };
+        // Live: the events right after `after`, if the in-memory tail of
+        // committed events holds them (it vouches for contiguity; see `live`).
+        if let Some(scanned) = self.store.live().take_after(
+            after,
+            &self.opts.target,
+            self.opts.types.as_deref(),
+            self.opts.page_size,
+            &mut self.buffer,
+        ) {
+            self.checkpoint = Some(scanned);
+            return Ok(());
+        }
         let key = match &self.opts.target {
             SubscriptionTarget::All => None,
             SubscriptionTarget::Stream(s) => Some(("stream".to_owned(), s.clone())),

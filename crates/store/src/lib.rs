@@ -52,7 +52,7 @@ use std::sync::Arc;
 pub use error::StoreError;
 pub use migrate::{Migration, MigrationReport};
 pub use namespace::{validate_namespace_name, Namespace, NamespaceToken};
-pub use tx::{Tx, TxBody};
+pub use tx::{OnCommit, Tx, TxBody};
 pub use value::{Row, Value};
 pub use writer::MAX_GROUP;
 
@@ -162,9 +162,23 @@ impl Store {
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
+        self.write_then(prefix, body, None).await
+    }
+
+    pub(crate) async fn write_then<T, E, F>(
+        &self,
+        prefix: Arc<str>,
+        body: F,
+        committed: Option<OnCommit<T>>,
+    ) -> Result<T, E>
+    where
+        F: TxBody<T, E>,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
         match &*self.backing {
-            Backing::Sqlite(s) => s.write(prefix, body).await,
-            Backing::Postgres(p) => p.write(prefix, body).await,
+            Backing::Sqlite(s) => s.write(prefix, body, committed).await,
+            Backing::Postgres(p) => p.write(prefix, body, committed).await,
         }
     }
 

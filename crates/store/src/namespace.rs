@@ -134,6 +134,28 @@ impl Namespace {
         self.store.write(self.prefix.clone(), body).await
     }
 
+    /// Like [`write`](Self::write), and once the transaction is durably
+    /// committed — before the caller is answered — runs `committed` with the
+    /// body's result on the thread that saw the commit: on SQLite the writer
+    /// thread, right after the group's fsync, in commit order; on PostgreSQL
+    /// the calling task, right after `COMMIT` returns. It lets a notification
+    /// (waking subscribers) leave at the commit instead of after the caller's
+    /// task is next scheduled, and it runs even if the caller has gone away.
+    /// It must be quick and must not block: on SQLite every write queued
+    /// behind this group waits for it. It does not run if the body fails or
+    /// the commit does.
+    pub async fn write_then<T, E, F, C>(&self, body: F, committed: C) -> Result<T, E>
+    where
+        F: TxBody<T, E>,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        C: FnOnce(&T) + Send + 'static,
+    {
+        self.store
+            .write_then(self.prefix.clone(), body, Some(Box::new(committed)))
+            .await
+    }
+
     /// Runs `body` in a read-only transaction that sees one consistent snapshot.
     pub async fn read<T, E, F>(&self, body: F) -> Result<T, E>
     where

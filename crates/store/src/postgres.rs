@@ -12,7 +12,7 @@ use std::sync::Arc;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-use crate::tx::{Tx, TxBody, TxConn};
+use crate::tx::{run_on_commit, OnCommit, Tx, TxBody, TxConn};
 use crate::StoreError;
 
 pub(crate) struct Postgres {
@@ -75,12 +75,20 @@ impl Postgres {
         &self.schema
     }
 
-    pub(crate) async fn write<T, E, F>(&self, prefix: Arc<str>, body: F) -> Result<T, E>
+    pub(crate) async fn write<T, E, F>(
+        &self,
+        prefix: Arc<str>,
+        body: F,
+        committed: Option<OnCommit<T>>,
+    ) -> Result<T, E>
     where
         F: TxBody<T, E>,
         E: From<StoreError>,
     {
-        self.run(prefix, body, false).await
+        let value = self.run(prefix, body, false).await?;
+        // Right after COMMIT returned: the write is durable and visible.
+        run_on_commit(committed, &value);
+        Ok(value)
     }
 
     pub(crate) async fn read<T, E, F>(&self, prefix: Arc<str>, body: F) -> Result<T, E>

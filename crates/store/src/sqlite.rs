@@ -12,7 +12,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use crate::checkpoint::{Checkpointer, WRITER_CHECKPOINT_PAGES};
-use crate::tx::{Tx, TxBody, TxConn};
+use crate::tx::{OnCommit, Tx, TxBody, TxConn};
 use crate::writer::{writer_loop, Counters, Job, WriteJob};
 use crate::StoreError;
 
@@ -84,7 +84,12 @@ impl Sqlite {
         &self.path
     }
 
-    pub(crate) async fn write<T, E, F>(&self, prefix: Arc<str>, body: F) -> Result<T, E>
+    pub(crate) async fn write<T, E, F>(
+        &self,
+        prefix: Arc<str>,
+        body: F,
+        committed: Option<OnCommit<T>>,
+    ) -> Result<T, E>
     where
         F: TxBody<T, E>,
         T: Send + 'static,
@@ -95,6 +100,7 @@ impl Sqlite {
             prefix,
             body: Some(body),
             out: None,
+            committed,
             reply,
         });
         let sent = match self.jobs.lock().as_ref() {

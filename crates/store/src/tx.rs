@@ -31,6 +31,20 @@ impl<T, E, F> TxBody<T, E> for F where
 {
 }
 
+/// Runs once a write transaction is durably committed, with the body's result,
+/// before the caller is answered: see [`Namespace::write_then`](crate::Namespace::write_then).
+pub type OnCommit<T> = Box<dyn FnOnce(&T) + Send + 'static>;
+
+/// Runs `hook` on `value`; a panic in it is logged and contained, so it can
+/// neither kill the SQLite writer thread nor turn a committed write into an error.
+pub(crate) fn run_on_commit<T>(hook: Option<OnCommit<T>>, value: &T) {
+    if let Some(hook) = hook {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(value))).is_err() {
+            tracing::error!("an on-commit hook panicked");
+        }
+    }
+}
+
 pub(crate) enum TxConn<'c> {
     Sqlite(&'c Mutex<rusqlite::Connection>),
     Postgres(&'c deadpool_postgres::Transaction<'c>),

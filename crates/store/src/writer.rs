@@ -34,7 +34,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use crate::checkpoint::Checkpointer;
-use crate::tx::{Tx, TxBody, TxConn};
+use crate::tx::{run_on_commit, OnCommit, Tx, TxBody, TxConn};
 use crate::StoreError;
 
 /// The most jobs one group commit takes; bounds the latency of the first job in a burst.
@@ -57,6 +57,8 @@ pub(crate) struct WriteJob<F, T, E> {
     pub(crate) prefix: Arc<str>,
     pub(crate) body: Option<F>,
     pub(crate) out: Option<Result<T, E>>,
+    /// Runs after the group's commit, before the reply (see `Namespace::write_then`).
+    pub(crate) committed: Option<OnCommit<T>>,
     pub(crate) reply: oneshot::Sender<Result<T, E>>,
 }
 
@@ -86,7 +88,12 @@ where
         let result = match (self.out, commit) {
             (Some(Err(e)), _) => Err(e),
             (Some(Ok(_)), Some(err)) => Err(E::from(StoreError::CommitFailed(err.to_string()))),
-            (Some(Ok(v)), None) => Ok(v),
+            (Some(Ok(v)), None) => {
+                // Durable: the group's fsync returned. Jobs finish in the order
+                // they ran, so hooks see commits in order.
+                run_on_commit(self.committed, &v);
+                Ok(v)
+            }
             (None, err) => Err(E::from(StoreError::CommitFailed(
                 err.map_or_else(|| "the job did not run".into(), ToString::to_string),
             ))),

@@ -60,6 +60,7 @@ both_backends!(
     namespace_tokens_grant_only_their_namespace,
     older_schema_is_migrated_and_newer_is_refused,
     dropping_a_namespace_removes_its_tables,
+    write_then_reports_only_durable_commits,
 );
 
 const COUNTER: &[Migration] = &[Migration {
@@ -337,4 +338,60 @@ async fn sqlite_wal_is_checkpointed_into_the_database_in_the_background() {
     }
     assert_eq!(count(&ns).await, 400);
     f.cleanup().await;
+}
+
+/// `write_then`'s hook runs once the write is committed (and visible), before
+/// the caller is answered; never for a failed body; a panicking hook neither
+/// fails the write nor, on SQLite, stops the writer.
+async fn write_then_reports_only_durable_commits(store: &Store) {
+    let ns = store.system_namespace("hooks").await.unwrap();
+    ns.migrate("test", COUNTER).await.unwrap();
+    let (seen_tx, seen) = std::sync::mpsc::channel();
+    let report = seen_tx.clone();
+    let id: i64 = ns
+        .write_then(
+            |tx| {
+                Box::pin(async move {
+                    tx.execute("INSERT INTO {ns}items (id, label) VALUES (1, 'a')", &[])
+                        .await?;
+                    Ok::<_, StoreError>(1)
+                })
+            },
+            move |v: &i64| report.send(*v).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(id, 1);
+    assert_eq!(seen.try_recv(), Ok(1), "ran before the caller was answered");
+    let report = seen_tx.clone();
+    let failed: Result<i64, StoreError> = ns
+        .write_then(
+            |tx| {
+                Box::pin(async move {
+                    // A duplicate key: the body fails.
+                    tx.execute("INSERT INTO {ns}items (id, label) VALUES (1, 'b')", &[])
+                        .await?;
+                    Ok(2)
+                })
+            },
+            move |v: &i64| report.send(*v).unwrap(),
+        )
+        .await;
+    assert!(failed.is_err());
+    let ok: Result<i64, StoreError> = ns
+        .write_then(
+            |tx| {
+                Box::pin(async move {
+                    tx.execute("INSERT INTO {ns}items (id, label) VALUES (3, 'c')", &[])
+                        .await?;
+                    Ok(3)
+                })
+            },
+            |_: &i64| panic!("hook bug"),
+        )
+        .await;
+    assert_eq!(ok.unwrap(), 3);
+    insert(&ns, 4, "d").await.unwrap();
+    assert_eq!(count(&ns).await, 3);
+    assert!(seen.try_recv().is_err(), "no report for the failed body");
 }
