@@ -33,6 +33,14 @@ pub(super) struct Client<'a> {
     pub(super) io: &'a mut TcpStream,
     pub(super) buf: &'a mut BytesMut,
     pub(super) out: &'a mut Vec<u8>,
+    /// Set when the gateway drains: the response then says the connection closes.
+    pub(super) stop: &'a tokio::sync::watch::Receiver<Option<std::time::Duration>>,
+}
+
+impl Client<'_> {
+    fn draining(&self) -> bool {
+        self.stop.borrow().is_some()
+    }
 }
 
 /// Serves one request whose head has been read.
@@ -117,7 +125,7 @@ async fn refuse(
 ) -> Next {
     // The unread body must be skipped to reach the next request; when it
     // is not all here, the connection closes instead.
-    let mut close = shape.close;
+    let mut close = shape.close || client.draining();
     if body_pending > 0 {
         if client.buf.len() as u64 >= body_pending {
             client.buf.advance(body_pending as usize);
@@ -387,7 +395,7 @@ impl Relay<'_> {
             client_close,
             _permit,
         } = self;
-        let close = client_close || h.framing == Framing::UntilClose;
+        let close = client_close || h.framing == Framing::UntilClose || client.draining();
         client.out.clear();
         head::write_response_head(
             client.out,

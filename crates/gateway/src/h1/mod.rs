@@ -123,6 +123,7 @@ pub(crate) async fn serve(
             io: &mut io,
             buf: &mut buf,
             out: &mut out,
+            stop: &stop,
         };
         let next = exchange::serve(listener, conn, route, parts, shape, client).await;
         drop(head);
