@@ -451,10 +451,18 @@ async fn a_listener_with_workers_serves_on_threads_of_its_own_and_drains_them() 
     };
     let (gw, _) = start(&cfg(2)).await;
     let addr = gw.local_addr("main").unwrap();
-    assert_ne!(addr.port(), 0, "the workers share the port the first one picked");
+    assert_ne!(
+        addr.port(),
+        0,
+        "the workers share the port the first one picked"
+    );
     let calls = (0..64).map(|i| async move {
         // A connection each, so both workers' sockets take some.
-        let c = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap();
+        let c = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
         let resp = c.get(format!("http://{addr}/{i}")).send().await.unwrap();
         (resp.status(), resp.text().await.unwrap())
     });
@@ -468,5 +476,8 @@ async fn a_listener_with_workers_serves_on_threads_of_its_own_and_drains_them() 
     tokio::time::timeout(Duration::from_secs(5), gw.shutdown(Duration::from_secs(1)))
         .await
         .expect("workers drain and end");
-    assert!(TcpStream::connect(addr).await.is_err(), "nothing listens after shutdown");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "nothing listens after shutdown"
+    );
 }
