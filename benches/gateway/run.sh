@@ -9,10 +9,35 @@
 # keep-alive connections.
 #
 # Usage: benches/gateway/run.sh [rounds] [duration] [connections]
+# With PEER_HEADERS=trellis, nginx and HAProxy are configured to add what
+# Trellis adds to every request (X-Forwarded-For/-Proto/-Host, Forwarded,
+# X-Request-Id both ways, traceparent), so all three send the upstream the
+# same fields; by default the peers run with their own defaults (they add
+# nothing).
 # Needs: nginx, haproxy, wrk (Debian: apt-get install nginx haproxy wrk), python3.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+NGINX_HEADERS=""
+HAPROXY_HEADERS=""
+if [ "${PEER_HEADERS:-}" = trellis ]; then
+    NGINX_HEADERS='proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\"$host\"";
+            proxy_set_header X-Request-Id $request_id;
+            proxy_set_header traceparent "00-$request_id-00f067aa0ba902b7-01";
+            add_header X-Request-Id $request_id;'
+    HAPROXY_HEADERS='    option forwardfor
+    unique-id-format %[uuid(4),regsub(-,,g)]
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header Forwarded for=%[src]\;proto=http\;host=\"%[req.hdr(host)]\"
+    http-request set-header X-Request-Id %[unique-id]
+    http-request set-header traceparent 00-%[unique-id]-00f067aa0ba902b7-01
+    http-after-response set-header X-Request-Id %[unique-id]'
+fi
 ROUNDS=${1:-3}
 DURATION=${2:-10s}
 CONNS=${3:-64}
@@ -65,7 +90,10 @@ http {
     upstream up { server 127.0.0.1:$UP_PORT; keepalive 256; }
     server {
         listen 127.0.0.1:$NGINX_PORT;
-        location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+        location / {
+            proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+            $NGINX_HEADERS
+        }
     }
 }
 CONF
@@ -85,6 +113,7 @@ defaults
     http-reuse always
 frontend f
     bind 127.0.0.1:$HAPROXY_PORT
+$HAPROXY_HEADERS
     default_backend b
 backend b
     server up 127.0.0.1:$UP_PORT
