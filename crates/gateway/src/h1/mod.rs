@@ -126,6 +126,8 @@ pub(crate) async fn serve(
             stop: &stop,
         };
         let next = exchange::serve(listener, conn, route, parts, shape, client).await;
+        // The last view of the head's bytes: with it gone, the read buffer
+        // owns its storage again and the next read reuses it.
         drop(head);
         if next == Next::Close || stop.borrow().is_some() {
             return Served::Done;
