@@ -214,7 +214,9 @@ impl EventStore {
     pub async fn read_all(&self, opts: ReadAll) -> Result<Vec<RecordedEvent>, ReadError> {
         self.inner
             .ns
-            .read(move |tx| Box::pin(async move { read::read_by_position(tx, None, &opts).await }))
+            .read(move |tx| {
+                Box::pin(async move { read::read_by_position(tx, None, &opts, None).await })
+            })
             .await
     }
 
@@ -230,7 +232,7 @@ impl EventStore {
             .ns
             .read(move |tx| {
                 Box::pin(async move {
-                    read::read_by_position(tx, Some(("category", &category)), &opts).await
+                    read::read_by_position(tx, Some(("category", &category)), &opts, None).await
                 })
             })
             .await

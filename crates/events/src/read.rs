@@ -137,16 +137,31 @@ pub(crate) async fn read_stream_in(
 }
 
 /// Reads `$all` (when `key` is `None`) or one category or one stream by position.
+///
+/// A stream is read through `UNIQUE (stream, version)`, in version order,
+/// which within a stream is position order (versions only grow, even
+/// across a soft delete); `stream_floor`, a version every event not yet
+/// read is at or above, lets the index start there rather than at the
+/// stream's first event.
 pub(crate) async fn read_by_position(
     tx: &Tx<'_>,
     key: Option<(&str, &str)>,
     opts: &ReadAll,
+    stream_floor: Option<u64>,
 ) -> Result<Vec<RecordedEvent>, ReadError> {
     let mut sql = format!("SELECT {EVENT_COLUMNS} FROM {{ns}}events WHERE ");
     let mut params = Vec::new();
+    let mut order_by = "position";
     if let Some((column, value)) = key {
         sql.push_str(&format!("{column} = $1 AND "));
         params.push(Value::from(value));
+        if column == "stream" {
+            order_by = "version";
+            if let Some(floor) = stream_floor {
+                sql.push_str(&format!("version >= ${} AND ", params.len() + 1));
+                params.push(Value::Int(floor.min(i64::MAX as u64) as i64));
+            }
+        }
     }
     let (cmp, order, default) = match opts.direction {
         Direction::Forward => (">=", "ASC", 0),
@@ -157,7 +172,7 @@ pub(crate) async fn read_by_position(
     params.push(Value::Int(from));
     type_filter(&mut sql, &mut params, &opts.types);
     sql.push_str(&format!(
-        " ORDER BY position {order} LIMIT ${}",
+        " ORDER BY {order_by} {order} LIMIT ${}",
         params.len() + 1
     ));
     params.push(Value::Int(clamp(opts.max_count)));

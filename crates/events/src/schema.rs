@@ -8,10 +8,11 @@
 
 use trellis_store::Migration;
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "streams, events, positions, snapshots",
-    sqlite: "
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "streams, events, positions, snapshots",
+        sqlite: "
 CREATE TABLE {ns}streams (
     name TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
@@ -44,7 +45,7 @@ CREATE TABLE {ns}snapshots (
     data TEXT NOT NULL,
     created_ms INTEGER NOT NULL
 );",
-    postgres: "
+        postgres: "
 CREATE TABLE {ns}streams (
     name TEXT PRIMARY KEY,
     version BIGINT NOT NULL,
@@ -77,4 +78,14 @@ CREATE TABLE {ns}snapshots (
     data TEXT NOT NULL,
     created_ms BIGINT NOT NULL
 );",
-}];
+    },
+    // `(stream, position)` kept the order `UNIQUE (stream, version)` already
+    // keeps, at the price of one more index write at a random place per
+    // appended event; stream reads by position go through the unique index.
+    Migration {
+        version: 2,
+        name: "drop the (stream, position) index",
+        sqlite: "DROP INDEX IF EXISTS {ns}events_stream_position;",
+        postgres: "DROP INDEX IF EXISTS {ns}events_stream_position;",
+    },
+];

@@ -80,6 +80,9 @@ struct State {
     opts: SubscriptionOptions,
     /// Every event at or below this position has been delivered or skipped.
     checkpoint: Option<u64>,
+    /// On a stream: every event of it below this version has been delivered
+    /// or skipped, so storage reads can start their index scan there.
+    stream_floor: Option<u64>,
     buffer: VecDeque<RecordedEvent>,
     wake: watch::Receiver<u64>,
     /// The last position this process had appended when the subscription was made.
@@ -125,6 +128,7 @@ impl State {
             types: self.opts.types.clone(),
         };
         let page = self.opts.page_size;
+        let floor = self.stream_floor;
         let (events, head) = self
             .store
             .namespace()
@@ -132,7 +136,7 @@ impl State {
                 Box::pin(async move {
                     let head = head_in(tx).await?;
                     let key = key.as_ref().map(|(c, v)| (c.as_str(), v.as_str()));
-                    let events = read_by_position(tx, key, &read).await?;
+                    let events = read_by_position(tx, key, &read, floor).await?;
                     Ok::<_, ReadError>((events, head))
                 })
             })
@@ -158,6 +162,7 @@ pub(crate) fn subscribe(
         store,
         opts,
         checkpoint: None,
+        stream_floor: None,
         buffer: VecDeque::new(),
         wake,
         end,
@@ -171,6 +176,9 @@ pub(crate) fn subscribe(
             if let Some(e) = s.buffer.pop_front() {
                 if s.checkpoint.is_none_or(|c| e.position > c) {
                     s.checkpoint = Some(e.position);
+                }
+                if matches!(s.opts.target, SubscriptionTarget::Stream(_)) {
+                    s.stream_floor = Some(e.version + 1);
                 }
                 return Some((Ok(e), s));
             }
