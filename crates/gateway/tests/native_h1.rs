@@ -481,3 +481,45 @@ async fn a_listener_with_workers_serves_on_threads_of_its_own_and_drains_them() 
         "nothing listens after shutdown"
     );
 }
+
+#[tokio::test]
+async fn a_request_on_an_idle_connection_after_a_reload_gets_the_new_config() {
+    let up = scripted(|_| (ok("served"), false)).await;
+    let cfg = |prefix: &str| {
+        format!(
+            r#"
+            [[listeners]]
+            name = "main"
+            bind = "127.0.0.1:0"
+            [[routes]]
+            name = "r"
+            match = {{ path_prefix = "{prefix}" }}
+            upstream = "u"
+            [[upstreams]]
+            name = "u"
+            endpoints = ["{}"]
+            "#,
+            up.addr
+        )
+    };
+    let (gw, _) = start(&cfg("/x")).await;
+    let addr = gw.local_addr("main").unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    assert!(get_x(&mut s).await.starts_with("HTTP/1.1 200"));
+    // The connection idles, waiting for its next head, while the route goes.
+    gw.reload(parse(&cfg("/elsewhere"))).await.unwrap();
+    let resp = get_x(&mut s).await;
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+    assert!(resp.contains("no_route"), "{resp}");
+    gw.shutdown(Duration::from_secs(1)).await;
+}
+
+/// One `GET /x` on an open connection; the response as read in one go.
+async fn get_x(s: &mut TcpStream) -> String {
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}

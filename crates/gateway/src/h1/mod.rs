@@ -72,19 +72,19 @@ pub(crate) async fn serve(
     let wait = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(wait);
     loop {
-        let rt = shared.load_full();
-        let listener = &rt.listeners[index];
-        let limits = &listener.limits;
+        // The limits in force while the head arrives; the rest of the config
+        // is loaded once it has, so a request sent after a reload on an idle
+        // keep-alive connection is served by the new config.
+        let (max_headers, max_head, header_timeout) = {
+            let rt = shared.load();
+            let l = &rt.listeners[index].limits;
+            (l.max_headers, l.max_header_bytes, l.header_read_timeout)
+        };
         wait.as_mut()
-            .reset(tokio::time::Instant::now() + limits.header_read_timeout);
+            .reset(tokio::time::Instant::now() + header_timeout);
         let shape = loop {
             if !buf.is_empty() {
-                match head::scan(
-                    &buf,
-                    limits.max_headers,
-                    limits.max_header_bytes,
-                    &mut fields,
-                ) {
+                match head::scan(&buf, max_headers, max_head, &mut fields) {
                     Scan::Ready(shape) => break shape,
                     Scan::Partial => {}
                     Scan::Fallback => return Served::Hyper(io, buf.freeze()),
@@ -109,6 +109,8 @@ pub(crate) async fn serve(
                 Err(_) => return Served::Done,
             }
         };
+        let rt = shared.load_full();
+        let listener = &rt.listeners[index];
         let head = buf.split_to(shape.len).freeze();
         let Some(parts) = head::parts(&head, &fields) else {
             return to_hyper(io, head, buf);
