@@ -101,15 +101,15 @@ async fn read_more(io: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
     }
 }
 
-async fn gateway_to(
-    upstream: SocketAddr,
-    route_extra: &str,
-) -> (trellis_gateway::GatewayHandle, SocketAddr) {
-    let cfg = format!(
+/// A gateway config with listener "main", route "r" and upstream "u" at
+/// `upstream`, with extra keys for the listener and the route.
+fn config(upstream: SocketAddr, listener_extra: &str, route_extra: &str) -> String {
+    format!(
         r#"
         [[listeners]]
         name = "main"
         bind = "127.0.0.1:0"
+        {listener_extra}
         [[routes]]
         name = "r"
         upstream = "u"
@@ -118,8 +118,14 @@ async fn gateway_to(
         name = "u"
         endpoints = ["{upstream}"]
         "#
-    );
-    let (gw, _) = start(&cfg).await;
+    )
+}
+
+async fn gateway_to(
+    upstream: SocketAddr,
+    route_extra: &str,
+) -> (trellis_gateway::GatewayHandle, SocketAddr) {
+    let (gw, _) = start(&config(upstream, "", route_extra)).await;
     let addr = gw.local_addr("main").unwrap();
     (gw, addr)
 }
@@ -432,23 +438,7 @@ async fn a_client_that_leaves_mid_body_is_not_held_against_the_endpoint() {
 #[tokio::test]
 async fn a_listener_with_workers_serves_on_threads_of_its_own_and_drains_them() {
     let up = scripted(|_| (ok("w"), false)).await;
-    let cfg = |workers: usize| {
-        format!(
-            r#"
-            [[listeners]]
-            name = "main"
-            bind = "127.0.0.1:0"
-            workers = {workers}
-            [[routes]]
-            name = "r"
-            upstream = "u"
-            [[upstreams]]
-            name = "u"
-            endpoints = ["{}"]
-            "#,
-            up.addr
-        )
-    };
+    let cfg = |workers: usize| config(up.addr, &format!("workers = {workers}"), "");
     let (gw, _) = start(&cfg(2)).await;
     let addr = gw.local_addr("main").unwrap();
     assert_ne!(
@@ -486,20 +476,10 @@ async fn a_listener_with_workers_serves_on_threads_of_its_own_and_drains_them() 
 async fn a_request_on_an_idle_connection_after_a_reload_gets_the_new_config() {
     let up = scripted(|_| (ok("served"), false)).await;
     let cfg = |prefix: &str| {
-        format!(
-            r#"
-            [[listeners]]
-            name = "main"
-            bind = "127.0.0.1:0"
-            [[routes]]
-            name = "r"
-            match = {{ path_prefix = "{prefix}" }}
-            upstream = "u"
-            [[upstreams]]
-            name = "u"
-            endpoints = ["{}"]
-            "#,
-            up.addr
+        config(
+            up.addr,
+            "",
+            &format!("match = {{ path_prefix = \"{prefix}\" }}"),
         )
     };
     let (gw, _) = start(&cfg("/x")).await;
