@@ -62,12 +62,13 @@ pub(crate) async fn serve(
         let rt = shared.load_full();
         let listener = &rt.listeners[index];
         let tls = listener.tls.clone();
-        let native = listener.native_h1;
         let builder = listener.builder.clone();
         let header_timeout = listener.limits.header_read_timeout;
         let conn = Arc::new(ClientConn::new(peer, tls.is_some()));
-        let engine = (shared.clone(), stop.clone());
-        let native_conn = conn.clone();
+        // What the native HTTP/1.1 engine needs, on listeners it serves.
+        let native = listener
+            .native_h1
+            .then(|| (shared.clone(), stop.clone(), conn.clone()));
         let shared = shared.clone();
         let framing = Arc::new(Framing::default());
         let judged = framing.clone();
@@ -89,21 +90,25 @@ pub(crate) async fn serve(
             let _permit = permit;
             open.inc();
             match tls {
-                None if native => {
-                    let (shared, stop) = engine;
-                    if let h1::Served::Hyper(tcp, read) = h1::serve(tcp, &native_conn, index, shared, stop).await {
+                None => {
+                    // The native engine first, when it serves this listener;
+                    // hyper from the first request it leaves, replaying what
+                    // it read.
+                    let handed = match native {
+                        Some((shared, stop, conn)) => {
+                            match h1::serve(tcp, &conn, index, shared, stop).await {
+                                h1::Served::Done => None,
+                                h1::Served::Hyper(tcp, read) => Some((tcp, read)),
+                            }
+                        }
+                        None => Some((tcp, bytes::Bytes::new())),
+                    };
+                    if let Some((tcp, read)) = handed {
                         let io = TokioIo::new(FramingGuard::resume(tcp, read, framing));
                         let conn = builder.serve_connection_with_upgrades(io, svc);
                         if let Err(e) = watcher.watch(conn.into_owned()).await {
                             tracing::debug!(error = %e, "client connection ended with an error");
                         }
-                    }
-                }
-                None => {
-                    let io = TokioIo::new(FramingGuard::new(tcp, framing));
-                    let conn = builder.serve_connection_with_upgrades(io, svc);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(error = %e, "client connection ended with an error");
                     }
                 }
                 Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {

@@ -161,11 +161,15 @@ pub(crate) fn write_request(out: &mut Vec<u8>, method: &Method, target: &str, he
 
 fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
     for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
+}
+
+fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes a whole response the gateway produced itself (an error).
@@ -370,20 +374,12 @@ pub(crate) fn write_response_head(
         {
             continue;
         }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(&buf[value.clone()]);
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name, &buf[value.clone()]);
     }
     for (name, value) in edits.route.written() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    out.extend_from_slice(b"x-request-id: ");
-    out.extend_from_slice(edits.request_id.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    write_field(out, b"x-request-id", edits.request_id.as_bytes());
     if edits.chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }

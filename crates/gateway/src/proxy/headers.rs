@@ -8,7 +8,6 @@ use http::header::{
     HeaderName, HeaderValue, CONNECTION, FORWARDED, TE, TRANSFER_ENCODING, UPGRADE,
 };
 use http::HeaderMap;
-use std::net::IpAddr;
 
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -79,7 +78,7 @@ pub(crate) fn set_forwarded(
     client: &ClientConn,
     host: Option<&HeaderValue>,
 ) {
-    let proto: &[u8] = if client.tls { b"https" } else { b"http" };
+    let proto = if client.tls { "https" } else { "http" };
     let ip = client.ip_text.as_bytes();
     // Append to any chain a trusted hop before us built, as nginx's
     // $proxy_add_x_forwarded_for does; the last entry is ours.
@@ -92,17 +91,16 @@ pub(crate) fn set_forwarded(
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if client.tls { "https" } else { "http" }),
-    );
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     let mut forwarded = Vec::with_capacity(64);
-    match client.peer.ip() {
-        IpAddr::V4(_) => forwarded.extend_from_slice(&[b"for=", ip].concat()),
-        IpAddr::V6(_) => forwarded.extend_from_slice(&[b"for=\"[", ip, b"]\""].concat()),
+    let v6 = client.peer.is_ipv6();
+    forwarded.extend_from_slice(if v6 { b"for=\"[" } else { b"for=" });
+    forwarded.extend_from_slice(ip);
+    if v6 {
+        forwarded.extend_from_slice(b"]\"");
     }
     forwarded.extend_from_slice(b";proto=");
-    forwarded.extend_from_slice(proto);
+    forwarded.extend_from_slice(proto.as_bytes());
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST, host.clone());
         let h = host.as_bytes();

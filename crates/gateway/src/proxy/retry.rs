@@ -52,7 +52,8 @@ impl RetryState {
         }
     }
 
-    fn begin_request(&self) {
+    /// Counts a request against the budget window, for [`RetryState::after_attempt`].
+    pub(crate) fn begin(&self) {
         self.roll_window();
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
@@ -85,11 +86,6 @@ impl RetryState {
         }
         route.metrics.retries.inc();
         Some(self.backoff(n - 1))
-    }
-
-    /// Counts a request against the budget window, for [`RetryState::after_attempt`].
-    pub(crate) fn begin(&self) {
-        self.begin_request();
     }
 
     fn backoff(&self, retry: u32) -> Duration {
