@@ -27,10 +27,13 @@ pub struct EventData {
 }
 
 impl EventData {
-    /// An event with a fresh random id.
+    /// An event with a fresh id: a UUIDv7, time-ordered, so the ids of
+    /// consecutive appends land side by side at the end of the event-id
+    /// index instead of on a random page of it each (one page written per
+    /// commit instead of one per event).
     pub fn new(event_type: impl Into<String>, data: &impl Serialize) -> serde_json::Result<Self> {
         Ok(EventData {
-            id: Uuid::new_v4(),
+            id: Uuid::now_v7(),
             event_type: event_type.into(),
             data: serde_json::value::to_raw_value(data)?,
             metadata: None,
