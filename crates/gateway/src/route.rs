@@ -103,9 +103,15 @@ impl HeaderEdits {
         }
     }
 
-    /// Names whose existing fields the edits replace or remove.
-    pub(crate) fn dropped(&self) -> impl Iterator<Item = &HeaderName> {
-        self.remove.iter().chain(self.set.iter().map(|(n, _)| n))
+    /// Whether the edits replace or remove the fields named `name` (any case).
+    #[inline]
+    pub(crate) fn drops(&self, name: &[u8]) -> bool {
+        // Most routes edit nothing: that answer should cost one comparison.
+        if self.remove.is_empty() && self.set.is_empty() {
+            return false;
+        }
+        let same = |n: &HeaderName| name.eq_ignore_ascii_case(n.as_str().as_bytes());
+        self.remove.iter().any(same) || self.set.iter().any(|(n, _)| same(n))
     }
 
     /// Fields the edits write.

@@ -6,7 +6,8 @@
 //! the ones the hyper path uses (`crate::proxy`); only the wire work differs.
 
 use super::chunked::ChunkedTracker;
-use super::head::{self, BadResponse, Framing, RequestShape, ResponseEdits, ResponseHead};
+use super::head::{self, BadResponse, Fields, Framing, RequestShape, ResponseEdits, ResponseHead};
+use super::outbound;
 use super::pool::{self, PoolLimits, UpstreamConn};
 use crate::proxy::{self, headers, Attempt, ClientConn, GatewayError};
 use crate::route::CompiledRoute;
@@ -43,17 +44,26 @@ impl Client<'_> {
     }
 }
 
+/// The client's request head as it arrived, and where its fields lie.
+pub(super) struct RawHead<'a> {
+    pub(super) bytes: &'a [u8],
+    pub(super) fields: &'a Fields,
+}
+
 /// Serves one request whose head has been read.
 pub(super) async fn serve(
     listener: &ListenerRuntime,
     conn: &ClientConn,
     route: Option<Arc<CompiledRoute>>,
-    mut parts: http::request::Parts,
+    parts: http::request::Parts,
     shape: RequestShape,
+    raw: RawHead<'_>,
     mut client: Client<'_>,
 ) -> Next {
     let started = Instant::now();
-    let request_id = headers::request_id(&mut parts.headers);
+    // Not put in the request's fields: the head sent upstream is written
+    // from the client's bytes, with the id added there.
+    let (request_id, id_made) = headers::request_id_of(&parts.headers);
     let method = parts.method.clone();
     let path_for_log = proxy::access_log_enabled().then(|| parts.uri.path().to_owned());
     // Body bytes not yet taken from the client (in its buffer or still unsent).
@@ -66,7 +76,8 @@ pub(super) async fn serve(
                 route,
                 conn,
                 shape: &shape,
-                request_id: &request_id,
+                request_id: (&request_id, id_made),
+                raw,
             };
             forward(request, parts, &mut body_pending, &mut client).await
         }
@@ -157,7 +168,9 @@ struct Request<'r> {
     route: &'r CompiledRoute,
     conn: &'r ClientConn,
     shape: &'r RequestShape,
-    request_id: &'r http::HeaderValue,
+    /// The request's id, and whether the gateway made it.
+    request_id: (&'r http::HeaderValue, bool),
+    raw: RawHead<'r>,
 }
 
 /// A response from upstream, head parsed, ready to relay to the client.
@@ -183,21 +196,45 @@ async fn forward<'r>(
     let route = req.route;
     let permit = proxy::enforce(route, req.conn, &parts).await?;
     let (upstream, service_path) = route.resolve(&parts.uri, &parts.headers).await?;
-    let target = proxy::prepare_outbound(
-        route,
-        req.conn,
-        &mut parts,
-        req.shape.hop_by_hop,
-        false,
-        service_path,
-    );
-    let target = target
-        .as_deref()
-        .unwrap_or_else(|| parts.uri.path_and_query().map_or("/", |p| p.as_str()));
     // The head and whatever of the body has arrived go out in one write,
     // and stay in `out` in case the attempt is made again.
     client.out.clear();
-    head::write_request(client.out, &parts.method, target, &parts.headers);
+    let (request_id, id_made) = req.request_id;
+    if upstream.picks_by_fields() {
+        // The balancer must read the fields as they are sent: edit them.
+        if id_made {
+            parts
+                .headers
+                .insert(headers::X_REQUEST_ID, request_id.clone());
+        }
+        let hop_by_hop = req.shape.hop_by_hop;
+        let target =
+            proxy::prepare_outbound(route, req.conn, &mut parts, hop_by_hop, false, service_path);
+        let target = target
+            .as_deref()
+            .unwrap_or_else(|| parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+        head::write_request(client.out, &parts.method, target, &parts.headers);
+    } else {
+        let target = proxy::outbound_target(route, &parts.uri, service_path);
+        let target = target
+            .as_deref()
+            .unwrap_or_else(|| parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+        let cx = outbound::Context {
+            conn: req.conn,
+            route: &route.request_headers,
+            request_id: req.request_id,
+            hop_by_hop: req.shape.hop_by_hop,
+        };
+        let method = parts.method.as_str().as_bytes();
+        outbound::write_request(
+            client.out,
+            method,
+            target.as_bytes(),
+            req.raw.bytes,
+            req.raw.fields,
+            &cx,
+        );
+    }
     let buffered = (*body_pending).min(client.buf.len() as u64) as usize;
     client.out.extend_from_slice(&client.buf[..buffered]);
     client.buf.advance(buffered);
@@ -251,7 +288,7 @@ async fn forward<'r>(
         endpoint,
         limits: ask.limits,
         route,
-        request_id: req.request_id,
+        request_id,
         client_close: req.shape.close,
         _permit: permit,
     })

@@ -12,6 +12,7 @@ use crate::route::HeaderEdits;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri};
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// What the bytes gathered so far hold.
@@ -41,7 +42,7 @@ pub(crate) struct RequestShape {
 pub(crate) struct Fields {
     method: Range<usize>,
     target: Range<usize>,
-    headers: Vec<(Range<usize>, Range<usize>)>,
+    pub(super) headers: Vec<(Range<usize>, Range<usize>)>,
 }
 
 fn span(base: &[u8], part: &[u8]) -> Range<usize> {
@@ -53,16 +54,19 @@ fn span(base: &[u8], part: &[u8]) -> Range<usize> {
 /// lie in `fields`. `max_headers` and `max_head` are the listener's limits;
 /// past them the request goes to hyper, which answers `431`.
 pub(crate) fn scan(buf: &[u8], max_headers: usize, max_head: usize, fields: &mut Fields) -> Scan {
-    let mut storage = [httparse::EMPTY_HEADER; 128];
+    // Left uninitialised: httparse writes the slots it fills, and zeroing
+    // 128 of them cost more than parsing a typical head.
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
     let mut heap;
-    let headers: &mut [httparse::Header<'_>] = if max_headers <= storage.len() {
+    let headers: &mut [MaybeUninit<httparse::Header<'_>>] = if max_headers <= storage.len() {
         &mut storage[..max_headers]
     } else {
-        heap = vec![httparse::EMPTY_HEADER; max_headers];
+        heap = Vec::with_capacity(max_headers);
+        heap.resize_with(max_headers, MaybeUninit::uninit);
         &mut heap
     };
-    let mut req = httparse::Request::new(headers);
-    let len = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() <= max_head => return Scan::Partial,
         _ => return Scan::Fallback,
@@ -165,7 +169,7 @@ fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
     }
 }
 
-fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(super) fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -246,9 +250,14 @@ pub(crate) fn parse_response(
     head_request: bool,
     fields: &mut Vec<(Range<usize>, Range<usize>)>,
 ) -> Result<Option<ResponseHead>, BadResponse> {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
-    let mut res = httparse::Response::new(&mut storage);
-    let len = match res.parse(buf) {
+    let mut storage =
+        [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_FIELDS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut storage,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() <= MAX_RESPONSE_HEAD => return Ok(None),
         Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
@@ -366,10 +375,7 @@ pub(crate) fn write_response_head(
         let name = &buf[name.clone()];
         if is_hop_by_hop(name)
             || name.eq_ignore_ascii_case(b"x-request-id")
-            || edits
-                .route
-                .dropped()
-                .any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+            || edits.route.drops(name)
             || (head.connection_names && named_by_connection(name))
         {
             continue;

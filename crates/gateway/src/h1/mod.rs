@@ -31,6 +31,7 @@
 mod chunked;
 mod exchange;
 mod head;
+mod outbound;
 mod pool;
 
 pub(crate) use pool::{IdleConns, PoolLimits};
@@ -127,7 +128,11 @@ pub(crate) async fn serve(
             out: &mut out,
             stop: &stop,
         };
-        let next = exchange::serve(listener, conn, route, parts, shape, client).await;
+        let raw = exchange::RawHead {
+            bytes: &head,
+            fields: &fields,
+        };
+        let next = exchange::serve(listener, conn, route, parts, shape, raw, client).await;
         // The last view of the head's bytes: with it gone, the read buffer
         // owns its storage again and the next read reuses it.
         drop(head);

@@ -78,54 +78,89 @@ pub(crate) fn set_forwarded(
     client: &ClientConn,
     host: Option<&HeaderValue>,
 ) {
-    let proto = if client.tls { "https" } else { "http" };
-    let ip = client.ip_text.as_bytes();
     // Append to any chain a trusted hop before us built, as nginx's
     // $proxy_add_x_forwarded_for does; the last entry is ours.
     let xff = match headers.get(X_FORWARDED_FOR) {
         Some(prev) if !prev.is_empty() => {
-            HeaderValue::from_bytes(&[prev.as_bytes(), b", ", ip].concat()).ok()
+            let mut chain = Vec::with_capacity(prev.len() + 2 + client.ip_text.len());
+            forwarded_for(&mut chain, prev.as_bytes(), client);
+            HeaderValue::from_bytes(&chain).ok()
         }
         _ => Some(client.ip_text.clone()),
     };
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    let mut forwarded = Vec::with_capacity(64);
-    let v6 = client.peer.is_ipv6();
-    forwarded.extend_from_slice(if v6 { b"for=\"[" } else { b"for=" });
-    forwarded.extend_from_slice(ip);
-    if v6 {
-        forwarded.extend_from_slice(b"]\"");
-    }
-    forwarded.extend_from_slice(b";proto=");
-    forwarded.extend_from_slice(proto.as_bytes());
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto(client)));
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST, host.clone());
-        let h = host.as_bytes();
-        if h.iter().all(|b| b.is_ascii() && *b != b'"' && *b != b'\\') {
-            forwarded.extend_from_slice(b";host=\"");
-            forwarded.extend_from_slice(h);
-            forwarded.push(b'"');
-        }
     }
+    let mut forwarded = Vec::with_capacity(64);
+    forwarded_element(&mut forwarded, client, host.map(HeaderValue::as_bytes));
     if let Ok(v) = HeaderValue::from_bytes(&forwarded) {
         headers.append(FORWARDED, v);
     }
 }
 
-/// The request id: the client's when it is a sane token, else a new one.
-pub(crate) fn request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(X_REQUEST_ID) {
-        let b = v.as_bytes();
-        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
-            return v.clone();
+/// The scheme the client used, as the forwarding headers name it.
+pub(crate) fn proto(client: &ClientConn) -> &'static str {
+    if client.tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// Writes the `X-Forwarded-For` value: the chain a hop before us built
+/// (`prev`, when not empty), then the client's address.
+pub(crate) fn forwarded_for(out: &mut Vec<u8>, prev: &[u8], client: &ClientConn) {
+    if !prev.is_empty() {
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(client.ip_text.as_bytes());
+}
+
+/// Writes this hop's `Forwarded` element (RFC 7239) for `client` and the
+/// `host` it asked for; a host that cannot sit in a quoted string is left out.
+pub(crate) fn forwarded_element(out: &mut Vec<u8>, client: &ClientConn, host: Option<&[u8]>) {
+    let v6 = client.peer.is_ipv6();
+    out.extend_from_slice(if v6 { b"for=\"[" } else { b"for=" });
+    out.extend_from_slice(client.ip_text.as_bytes());
+    if v6 {
+        out.extend_from_slice(b"]\"");
+    }
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(proto(client).as_bytes());
+    if let Some(h) = host {
+        if h.iter().all(|b| b.is_ascii() && *b != b'"' && *b != b'\\') {
+            out.extend_from_slice(b";host=\"");
+            out.extend_from_slice(h);
+            out.push(b'"');
         }
     }
-    let v = hex_value(&[fastrand::u64(..), fastrand::u64(..)]);
-    headers.insert(X_REQUEST_ID, v.clone());
-    v
+}
+
+/// The request id: the client's when it is a sane token, else a new one.
+pub(crate) fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    let (id, made) = request_id_of(headers);
+    if made {
+        headers.insert(X_REQUEST_ID, id.clone());
+    }
+    id
+}
+
+/// The request id `headers` carry when it is a sane token, else a new one
+/// (and `true`), leaving `headers` as they are.
+pub(crate) fn request_id_of(headers: &HeaderMap) -> (HeaderValue, bool) {
+    match headers.get(X_REQUEST_ID) {
+        Some(v) if sane_request_id(v.as_bytes()) => (v.clone(), false),
+        _ => (hex_value(&[fastrand::u64(..), fastrand::u64(..)]), true),
+    }
+}
+
+fn sane_request_id(b: &[u8]) -> bool {
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
 }
 
 /// Keeps a well-formed `traceparent`; otherwise starts a new trace.
@@ -136,19 +171,24 @@ pub(crate) fn ensure_traceparent(headers: &mut HeaderMap) {
     {
         return;
     }
+    if let Ok(v) = HeaderValue::from_bytes(&new_traceparent()) {
+        headers.insert(TRACEPARENT, v);
+    }
+}
+
+/// A `traceparent` starting a new trace, sampled.
+pub(crate) fn new_traceparent() -> [u8; 55] {
     let mut buf = [0u8; 55];
     buf[..3].copy_from_slice(b"00-");
     write_hex(&mut buf[3..35], &[fastrand::u64(1..), fastrand::u64(..)]);
     buf[35] = b'-';
     write_hex(&mut buf[36..52], &[fastrand::u64(1..)]);
     buf[52..].copy_from_slice(b"-01");
-    if let Ok(v) = HeaderValue::from_bytes(&buf) {
-        headers.insert(TRACEPARENT, v);
-    }
+    buf
 }
 
 /// `00-<32 hex trace id, not all zero>-<16 hex parent id, not all zero>-<2 hex flags>`.
-fn valid_traceparent(v: &[u8]) -> bool {
+pub(crate) fn valid_traceparent(v: &[u8]) -> bool {
     let hex = |s: &[u8]| {
         s.iter()
             .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
@@ -166,14 +206,30 @@ fn valid_traceparent(v: &[u8]) -> bool {
 }
 
 fn write_hex(out: &mut [u8], words: &[u64]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let digits = words
-        .iter()
-        .flat_map(|w| w.to_be_bytes())
-        .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]]);
-    for (slot, d) in out.iter_mut().zip(digits) {
-        *slot = d;
+    for (slot, w) in out.chunks_exact_mut(16).zip(words) {
+        slot.copy_from_slice(&hex16(*w));
     }
+}
+
+/// `w` as 16 lower-case hex digits, eight at a time in a word's bytes: the
+/// gateway writes 80 digits a request, and a digit at a time from a table
+/// cost more than the rest of the request id and trace context together.
+fn hex16(w: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&hex8((w >> 32) as u32));
+    out[8..].copy_from_slice(&hex8(w as u32));
+    out
+}
+
+fn hex8(v: u32) -> [u8; 8] {
+    // One nibble per byte, the lowest nibble in the lowest byte.
+    let mut x = u64::from(v);
+    x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
+    x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+    x = (x | (x << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    // Digits above 9 move from after '9' to 'a'.
+    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (x + 0x3030_3030_3030_3030 + letters * (b'a' - b'9' - 1) as u64).to_be_bytes()
 }
 
 fn hex_value(words: &[u64]) -> HeaderValue {
@@ -203,6 +259,26 @@ mod tests {
         assert_eq!(h.get(UPGRADE).unwrap(), "websocket");
         assert_eq!(h.get(CONNECTION).unwrap(), "upgrade");
         assert!(h.get("x-secret").is_none());
+    }
+
+    #[test]
+    fn hex_digits_match_the_formatter() {
+        for w in [
+            0,
+            1,
+            9,
+            10,
+            15,
+            0xdead_beef,
+            u64::MAX,
+            0x0123_4567_89ab_cdef,
+        ] {
+            assert_eq!(hex16(w), format!("{w:016x}").as_bytes(), "{w:#x}");
+        }
+        for _ in 0..10_000 {
+            let w = fastrand::u64(..);
+            assert_eq!(hex16(w), format!("{w:016x}").as_bytes(), "{w:#x}");
+        }
     }
 
     #[test]

@@ -328,9 +328,19 @@ pub(crate) fn prepare_outbound(
         }
     }
     route.request_headers.apply(&mut parts.headers);
+    outbound_target(route, &parts.uri, service_path)
+}
+
+/// The target to send upstream when it is not the client's own: the
+/// service's path, or the route's rewrite of the client's path (query kept).
+pub(crate) fn outbound_target(
+    route: &CompiledRoute,
+    uri: &Uri,
+    service_path: Option<String>,
+) -> Option<String> {
     let rewritten = || {
-        let mut p = route.rewritten(parts.uri.path())?;
-        if let Some(q) = parts.uri.query() {
+        let mut p = route.rewritten(uri.path())?;
+        if let Some(q) = uri.query() {
             p.push('?');
             p.push_str(q);
         }

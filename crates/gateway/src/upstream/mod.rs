@@ -210,6 +210,15 @@ impl Upstream {
         Ok(endpoint.begin())
     }
 
+    /// Whether picking an endpoint reads a request's fields (a hash on a
+    /// header or a cookie), so it must see them as the gateway sends them.
+    pub(crate) fn picks_by_fields(&self) -> bool {
+        matches!(
+            self.hash,
+            Some(HashSource::Header(_) | HashSource::Cookie(_))
+        )
+    }
+
     /// Pool limits for the native HTTP/1.1 engine's connections.
     pub(crate) fn pool_limits(&self) -> crate::h1::PoolLimits {
         self.pool_limits
