@@ -252,8 +252,9 @@ where
 pub struct DirectStore<C = TokioClock> {
     tat: PaddedTat,
     clock: C,
-    /// The owning limiter's quota and its rate in ticks.
-    own: Option<(Quota, Rate)>,
+    /// The owning limiter's quota ([`Quota::UNSET`] until it is told) and
+    /// its rate in ticks.
+    own: (Quota, Rate),
 }
 
 /// The TAT on a cache line of its own: every admitted call writes it, and
@@ -276,7 +277,7 @@ impl<C: Clock> DirectStore<C> {
         DirectStore {
             tat: PaddedTat(AtomicU64::new(0)),
             clock,
-            own: None,
+            own: (Quota::UNSET, Rate::UNSET),
         }
     }
 
@@ -290,12 +291,11 @@ impl<C: Clock> DirectStore<C> {
         // Borrowed, not copied: the fast path then reads the rate straight
         // from the store rather than through a copy on the stack.
         let converted;
-        let rate = match &self.own {
-            Some((own, rate)) if own == quota => rate,
-            _ => {
-                converted = self.rate_of(quota);
-                &converted
-            }
+        let rate = if self.own.0.same_as(quota) {
+            &self.own.1
+        } else {
+            converted = self.rate_of(quota);
+            &converted
         };
         let tat = &self.tat.0;
         let mut current = tat.load(Ordering::Acquire);
@@ -330,7 +330,7 @@ impl<C: Clock> RateLimitStore<()> for DirectStore<C> {
     type Decide = Ready<Result<Decision, StoreError>>;
 
     fn prepare(&mut self, quota: &Quota) {
-        self.own = Some((*quota, self.rate_of(quota)));
+        self.own = (*quota, self.rate_of(quota));
     }
 
     fn decide(&self, _key: &(), quota: &Quota) -> Self::Decide {

@@ -119,6 +119,21 @@ impl Quota {
         self.interval_ns
     }
 
+    /// No quota at all: its interval of zero matches no real quota, so a
+    /// store can hold it where it has not been told one yet.
+    pub(crate) const UNSET: Quota = Quota {
+        interval_ns: 0,
+        burst: 0,
+        interval_recip: 0,
+    };
+
+    /// The same quota as `other`, comparing only what the reciprocal is
+    /// derived from.
+    #[inline]
+    pub(crate) fn same_as(&self, other: &Quota) -> bool {
+        self.interval_ns == other.interval_ns && self.burst == other.burst
+    }
+
     /// The quota as GCRA arithmetic in nanoseconds.
     #[inline]
     pub(crate) fn rate(&self) -> Rate {
@@ -189,6 +204,13 @@ pub(crate) struct Rate {
 }
 
 impl Rate {
+    /// A placeholder beside [`Quota::UNSET`], never used for arithmetic.
+    pub(crate) const UNSET: Rate = Rate {
+        interval: 1,
+        window: 1,
+        recip: u64::MAX,
+    };
+
     /// `t / interval`, exactly, without a division instruction.
     #[inline]
     pub(crate) fn intervals_in(&self, t: u64) -> u64 {
