@@ -103,7 +103,8 @@ where
 
     /// A limiter applying `quota` to every key, deciding by `policy` when
     /// the store fails.
-    pub fn with_policy(quota: Quota, store: S, policy: FailurePolicy) -> Self {
+    pub fn with_policy(quota: Quota, mut store: S, policy: FailurePolicy) -> Self {
+        store.prepare(&quota);
         RateLimiter {
             shared: Arc::new(Shared {
                 store,

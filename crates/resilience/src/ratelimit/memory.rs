@@ -17,7 +17,7 @@
 //! Time comes from a [`Clock`]: tokio's by default, so a paused test clock
 //! drives it, or [`FastClock`](super::FastClock) for the hot path.
 
-use super::quota::{decide, gcra, gcra_step};
+use super::quota::{decide, gcra, gcra_step, Rate};
 use super::{Clock, Decision, LocalStore, Quota, RateLimitStore, StoreError, TokioClock};
 use hashbrown::HashTable;
 use parking_lot::Mutex;
@@ -243,10 +243,18 @@ where
 }
 
 /// One limit for every call (no keys): a single TAT updated lock-free.
+///
+/// The TAT is kept in the clock's ticks (see [`Clock::now_ticks`]), so a
+/// decision takes the clock reading as it comes; the quota is converted to
+/// ticks instead — once for the limiter's own quota, on every call for an
+/// override.
 #[derive(Debug)]
 pub struct DirectStore<C = TokioClock> {
     tat: PaddedTat,
     clock: C,
+    /// The owning limiter's quota ([`Quota::UNSET`] until it is told) and
+    /// its rate in ticks.
+    own: (Quota, Rate),
 }
 
 /// The TAT on a cache line of its own: every admitted call writes it, and
@@ -269,25 +277,46 @@ impl<C: Clock> DirectStore<C> {
         DirectStore {
             tat: PaddedTat(AtomicU64::new(0)),
             clock,
+            own: (Quota::UNSET, Rate::UNSET),
         }
     }
 
     /// One decision, synchronously.
-    #[inline]
+    // Always inlined: a caller that reads only `allowed` and `remaining`
+    // then pays nothing for the rest of the decision, and LLVM otherwise
+    // judges the whole of it too big.
+    #[inline(always)]
     pub fn decide_now(&self, quota: &Quota) -> Decision {
-        let now = self.clock.now_ns();
+        let now = self.clock.now_ticks();
+        // Borrowed, not copied: the fast path then reads the rate straight
+        // from the store rather than through a copy on the stack.
+        let converted;
+        let rate = if self.own.0.same_as(quota) {
+            &self.own.1
+        } else {
+            converted = self.rate_of(quota);
+            &converted
+        };
         let tat = &self.tat.0;
         let mut current = tat.load(Ordering::Acquire);
         // Only the arithmetic is retried; the decision is built once.
         let step = loop {
-            let step = gcra_step(current, now, quota);
+            let step = gcra_step(current, now, rate);
             let Ok(next) = step else { break step };
             match tat.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => break step,
                 Err(actual) => current = actual,
             }
         };
-        decide(step, now, quota)
+        decide(step, now, rate, quota, |ticks| {
+            self.clock.ns_from_ticks(ticks)
+        })
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn rate_of(&self, quota: &Quota) -> Rate {
+        quota.rate_in(|ns| self.clock.ticks_from_ns(ns))
     }
 }
 
@@ -300,6 +329,10 @@ impl Default for DirectStore {
 impl<C: Clock> RateLimitStore<()> for DirectStore<C> {
     type Decide = Ready<Result<Decision, StoreError>>;
 
+    fn prepare(&mut self, quota: &Quota) {
+        self.own = (*quota, self.rate_of(quota));
+    }
+
     fn decide(&self, _key: &(), quota: &Quota) -> Self::Decide {
         ready(Ok(self.decide_now(quota)))
     }
@@ -310,7 +343,114 @@ impl<C: Clock> RateLimitStore<()> for DirectStore<C> {
 }
 
 impl<C: Clock> LocalStore<()> for DirectStore<C> {
+    #[inline]
     fn decide_now(&self, _key: &(), quota: &Quota) -> Decision {
         DirectStore::decide_now(self, quota)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ratelimit::{FastClock, RateLimiter};
+    use std::sync::Arc;
+
+    /// A clock driven by hand that counts 5 ticks every 2 ns, so that
+    /// nothing passes for being in nanoseconds by accident.
+    #[derive(Clone, Default)]
+    struct HandClock(Arc<AtomicU64>);
+
+    impl HandClock {
+        fn advance(&self, by: Duration) {
+            let ns = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+            self.0.fetch_add(ns, Ordering::Relaxed);
+        }
+    }
+
+    impl Clock for HandClock {
+        fn now_ns(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+        fn now_ticks(&self) -> u64 {
+            self.now_ns() * 5 / 2
+        }
+        fn ticks_from_ns(&self, ns: u64) -> u64 {
+            // The nearest tick, halves up.
+            (ns * 5).div_ceil(2)
+        }
+        fn ns_from_ticks(&self, ticks: u64) -> u64 {
+            (ticks * 2).div_ceil(5)
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn direct_store_in_ticks_admits_the_burst_then_the_rate() {
+        let clock = HandClock::default();
+        clock.advance(ms(1000));
+        let quota = Quota::per_second(4).unwrap().with_burst(2).unwrap();
+        let limiter = RateLimiter::new(quota, DirectStore::with_clock(clock.clone()));
+        let first = limiter.check_now(&());
+        assert!(first.allowed);
+        assert_eq!(first.remaining, 1);
+        assert_eq!(first.reset_after, ms(250));
+        assert_eq!(first.window, ms(500));
+        let second = limiter.check_now(&());
+        assert!(second.allowed && second.remaining == 0);
+        assert_eq!(second.reset_after, ms(500));
+        let refused = limiter.check_now(&());
+        assert!(!refused.allowed);
+        assert_eq!(refused.retry_after, ms(250));
+        assert_eq!(refused.reset_after, ms(500));
+        clock.advance(ms(249));
+        assert!(!limiter.check_now(&()).allowed);
+        clock.advance(ms(1));
+        assert!(limiter.check_now(&()).allowed);
+        assert!(!limiter.check_now(&()).allowed);
+        clock.advance(ms(500));
+        assert_eq!(limiter.check_now(&()).remaining, 1);
+    }
+
+    #[test]
+    fn an_override_quota_is_converted_on_the_spot() {
+        let clock = HandClock::default();
+        let own = Quota::per_second(4).unwrap();
+        let store = DirectStore::with_clock(clock.clone());
+        let limiter = RateLimiter::new(own, store);
+        let other = Quota::per_second(1).unwrap().with_burst(1).unwrap();
+        assert!(limiter.store().decide_now(&other).allowed);
+        let refused = limiter.store().decide_now(&other);
+        assert!(!refused.allowed);
+        assert_eq!(refused.retry_after, ms(1000));
+        // Both quotas share the one TAT: the override's call took a second.
+        assert!(!limiter.check_now(&()).allowed);
+    }
+
+    #[test]
+    fn fast_clock_ticks_convert_both_ways() {
+        let clock = FastClock::new();
+        for ns in [1, 7, 1_000, 999_999_937, 3_600_000_000_000] {
+            let ticks = clock.ticks_from_ns(ns);
+            assert!(ticks >= 1, "{ns} ns");
+            // A tick is at most a nanosecond, so rounding to ticks and
+            // back moves a figure by at most one nanosecond (plus the
+            // scale's own error of a few parts in a billion).
+            let back = clock.ns_from_ticks(ticks);
+            let slack = 1 + ns / 100_000_000;
+            assert!(back.abs_diff(ns) <= slack, "{ns} ns -> {ticks} -> {back}");
+        }
+        // Ticks run at the rate the nanoseconds do.
+        let (t0, n0) = (clock.now_ticks(), clock.now_ns());
+        std::thread::sleep(Duration::from_millis(20));
+        let (t1, n1) = (clock.now_ticks(), clock.now_ns());
+        let by_ticks = clock.ns_from_ticks(t1 - t0);
+        assert!(
+            by_ticks.abs_diff(n1 - n0) < 200_000,
+            "{by_ticks} vs {}",
+            n1 - n0
+        );
     }
 }

@@ -17,9 +17,8 @@ use std::time::Duration;
 pub struct Quota {
     interval_ns: u64,
     burst: u32,
-    /// `u64::MAX / interval_ns`, so that the admitted path divides by the
-    /// interval with a multiplication: a 64-bit `div` costs more than the
-    /// rest of a decision.
+    /// `u64::MAX / interval_ns`, for [`Rate`]: worked out here once rather
+    /// than on every decision.
     interval_recip: u64,
 }
 
@@ -115,24 +114,49 @@ impl Quota {
         Duration::from_nanos(self.window_ns())
     }
 
+    #[cfg(feature = "redis")]
     pub(crate) fn interval_ns(&self) -> u64 {
         self.interval_ns
     }
 
-    /// `ns / interval_ns`, exactly, without a division instruction.
+    /// No quota at all: its interval of zero matches no real quota, so a
+    /// store can hold it where it has not been told one yet.
+    pub(crate) const UNSET: Quota = Quota {
+        interval_ns: 0,
+        burst: 0,
+        interval_recip: 0,
+    };
+
+    /// The same quota as `other`, comparing only what the reciprocal is
+    /// derived from.
     #[inline]
-    pub(crate) fn intervals_in(&self, ns: u64) -> u64 {
-        let d = self.interval_ns;
-        // With the reciprocal rounded down the estimate falls short of the
-        // quotient by at most two, so `q * d <= ns` and the remainder
-        // corrects it in a step or two.
-        let mut q = ((u128::from(ns) * u128::from(self.interval_recip)) >> 64) as u64;
-        let mut rest = ns - q * d;
-        while rest >= d {
-            q += 1;
-            rest -= d;
+    pub(crate) fn same_as(&self, other: &Quota) -> bool {
+        self.interval_ns == other.interval_ns && self.burst == other.burst
+    }
+
+    /// The quota as GCRA arithmetic in nanoseconds.
+    #[inline]
+    pub(crate) fn rate(&self) -> Rate {
+        Rate {
+            interval: self.interval_ns,
+            window: self.window_ns(),
+            recip: self.interval_recip,
         }
-        q
+    }
+
+    /// The quota as GCRA arithmetic in a clock's ticks, `ticks_from_ns`
+    /// converting. The burst stays exact (the window is a whole number of
+    /// intervals); the interval is as close as a whole number of ticks
+    /// gets. A window of more than 2^62 ticks (decades) is cut to that,
+    /// so that adding it to a clock reading can never overflow.
+    pub(crate) fn rate_in(&self, ticks_from_ns: impl Fn(u64) -> u64) -> Rate {
+        let burst = u64::from(self.burst);
+        let interval = ticks_from_ns(self.interval_ns).clamp(1, (1 << 62) / burst);
+        Rate {
+            interval,
+            window: interval * burst,
+            recip: u64::MAX / interval,
+        }
     }
 
     pub(crate) fn window_ns(&self) -> u64 {
@@ -165,6 +189,45 @@ impl Quota {
     }
 }
 
+/// A quota as the GCRA arithmetic uses it, in nanoseconds or in a clock's
+/// ticks (see [`Quota::rate_in`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rate {
+    /// The emission interval.
+    interval: u64,
+    /// `interval * burst`: how far ahead of now the TAT may run.
+    window: u64,
+    /// `u64::MAX / interval`, so that the admitted path divides by the
+    /// interval with a multiplication: a 64-bit `div` costs more than the
+    /// rest of a decision.
+    recip: u64,
+}
+
+impl Rate {
+    /// A placeholder beside [`Quota::UNSET`], never used for arithmetic.
+    pub(crate) const UNSET: Rate = Rate {
+        interval: 1,
+        window: 1,
+        recip: u64::MAX,
+    };
+
+    /// `t / interval`, exactly, without a division instruction.
+    #[inline]
+    pub(crate) fn intervals_in(&self, t: u64) -> u64 {
+        let d = self.interval;
+        // With the reciprocal rounded down the estimate falls short of the
+        // quotient by at most two, so `q * d <= t` and the remainder
+        // corrects it in a step or two.
+        let mut q = ((u128::from(t) * u128::from(self.recip)) >> 64) as u64;
+        let mut rest = t - q * d;
+        while rest >= d {
+            q += 1;
+            rest -= d;
+        }
+        q
+    }
+}
+
 /// The answer for one call: whether it may go ahead, and what to tell the
 /// caller (the `RateLimit-*` and `Retry-After` headers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,28 +251,36 @@ pub struct Decision {
 /// if the call was admitted. All times are nanoseconds on the store's clock.
 #[inline]
 pub(crate) fn gcra(tat: Option<u64>, now: u64, quota: &Quota) -> (Decision, Option<u64>) {
-    let step = gcra_step(tat.unwrap_or(now), now, quota);
-    (decide(step, now, quota), step.ok())
+    let rate = quota.rate();
+    let step = gcra_step(tat.unwrap_or(now), now, &rate);
+    (decide(step, now, &rate, quota, |ns| ns), step.ok())
 }
 
 /// The arithmetic of one GCRA step alone, for stores that retry it in a
 /// compare-and-swap loop: `Ok(new_tat)` if the call is admitted, else
-/// `Err(tat)` with the TAT as it stands.
+/// `Err(tat)` with the TAT as it stands. Times in `rate`'s units.
 #[inline]
-pub(crate) fn gcra_step(tat: u64, now: u64, quota: &Quota) -> Result<u64, u64> {
+pub(crate) fn gcra_step(tat: u64, now: u64, rate: &Rate) -> Result<u64, u64> {
     let tat = tat.max(now);
-    let new_tat = tat.saturating_add(quota.interval_ns());
-    if new_tat - now > quota.window_ns() {
+    let new_tat = tat.saturating_add(rate.interval);
+    if new_tat - now > rate.window {
         return Err(tat);
     }
     Ok(new_tat)
 }
 
 /// The decision, with what the headers need, for the outcome of
-/// [`gcra_step`] at `now`.
+/// [`gcra_step`] at `now` under `rate` (`quota` in the clock's units);
+/// `ns_from` turns those units into nanoseconds.
 #[inline]
-pub(crate) fn decide(step: Result<u64, u64>, now: u64, quota: &Quota) -> Decision {
-    let window = quota.window_ns();
+pub(crate) fn decide(
+    step: Result<u64, u64>,
+    now: u64,
+    rate: &Rate,
+    quota: &Quota,
+    ns_from: impl Fn(u64) -> u64,
+) -> Decision {
+    let window = rate.window;
     let limit = u64::from(quota.burst());
     match step {
         Ok(new_tat) => {
@@ -217,21 +288,21 @@ pub(crate) fn decide(step: Result<u64, u64>, now: u64, quota: &Quota) -> Decisio
             Decision {
                 allowed: true,
                 limit,
-                remaining: quota.intervals_in(window - used),
-                reset_after: Duration::from_nanos(used),
+                remaining: rate.intervals_in(window - used),
+                reset_after: Duration::from_nanos(ns_from(used)),
                 retry_after: Duration::ZERO,
-                window: Duration::from_nanos(window),
+                window: quota.window(),
             }
         }
         Err(tat) => {
-            let used = tat.saturating_add(quota.interval_ns()) - now;
+            let used = tat.saturating_add(rate.interval) - now;
             Decision {
                 allowed: false,
                 limit,
                 remaining: 0,
-                reset_after: Duration::from_nanos(tat - now),
-                retry_after: Duration::from_nanos(used - window),
-                window: Duration::from_nanos(window),
+                reset_after: Duration::from_nanos(ns_from(tat - now)),
+                retry_after: Duration::from_nanos(ns_from(used - window)),
+                window: quota.window(),
             }
         }
     }
@@ -251,17 +322,17 @@ mod tests {
             rng
         };
         for interval in [1, 2, 3, 7, 1_000, 999_999_937, u64::MAX / 3, u64::MAX] {
-            let quota = Quota {
-                interval_ns: interval,
-                burst: 1,
-                interval_recip: u64::MAX / interval,
+            let rate = Rate {
+                interval,
+                window: interval,
+                recip: u64::MAX / interval,
             };
             for ns in [0, 1, interval - 1, interval, u64::MAX - 1, u64::MAX] {
-                assert_eq!(quota.intervals_in(ns), ns / interval, "{ns} / {interval}");
+                assert_eq!(rate.intervals_in(ns), ns / interval, "{ns} / {interval}");
             }
             for _ in 0..10_000 {
                 let ns = next() >> (next() % 64);
-                assert_eq!(quota.intervals_in(ns), ns / interval, "{ns} / {interval}");
+                assert_eq!(rate.intervals_in(ns), ns / interval, "{ns} / {interval}");
             }
         }
     }

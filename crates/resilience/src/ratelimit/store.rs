@@ -20,6 +20,11 @@ pub trait RateLimitStore<K>: Send + Sync + 'static {
     /// Decides one call for `key` under `quota`, recording it if admitted.
     fn decide(&self, key: &K, quota: &Quota) -> Self::Decide;
 
+    /// Told once by the limiter that owns the store, before any decision,
+    /// the quota it will pass on every call without an override, so that
+    /// the store can work out once what it derives from it.
+    fn prepare(&mut self, _quota: &Quota) {}
+
     /// Keys the store holds now, when it can tell cheaply.
     fn keys_tracked(&self) -> Option<usize> {
         None
