@@ -25,10 +25,14 @@ const WRITER_CACHE_KIB: i64 = 32 * 1024;
 /// The page size of a new store, in bytes. A commit writes every page it
 /// dirtied to the WAL whole, and an append dirties a page at a random place
 /// in each index it touches (the stream's `(stream, version)` entry, its
-/// `streams` row): with 4 KiB pages, 64 single-event appends wrote 4.8 KiB of
-/// WAL each; with 1 KiB, 2.2 KiB — less to fsync per group, so more groups
-/// per second on the same disk (see `docs/benchmarks/events.md`).
-const PAGE_SIZE: u32 = 1024;
+/// `streams` row), so smaller pages mean fewer bytes to fsync per group;
+/// but a read of `$all` walks more of them. Measured with 64 single-event
+/// writers and reads of `$all` (`docs/benchmarks/events.md`, session 5):
+/// 4 KiB wrote 5.7 KiB of WAL per append and read 831k events/s; 2 KiB
+/// 3.4 KiB and 631k/s; 1 KiB 2.3 KiB and 525–587k/s, with more CPU per
+/// append than either. 2 KiB keeps most of the write saving and reads well
+/// above the 500k/s the event store promises.
+const PAGE_SIZE: u32 = 2048;
 
 /// Idle reader connections kept open.
 const MAX_IDLE_READERS: usize = 8;

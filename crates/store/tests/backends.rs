@@ -293,7 +293,7 @@ async fn page_size(ns: &trellis_store::Namespace) -> i64 {
         .unwrap()
 }
 
-/// A new store takes small pages (each commit writes whole pages to the WAL,
+/// A new store takes 2 KiB pages (each commit writes whole pages to the WAL,
 /// so a small append costs a fraction of the bytes); a store created with
 /// SQLite's default 4 KiB pages, as Trellis made them before, opens with
 /// its pages and its data as they were.
@@ -304,7 +304,7 @@ async fn sqlite_new_stores_take_small_pages_and_older_stores_keep_theirs() {
         .await
         .unwrap();
     let ns = store.system_namespace("pages").await.unwrap();
-    assert_eq!(page_size(&ns).await, 1024);
+    assert_eq!(page_size(&ns).await, 2048);
     store.close();
     drop((ns, store));
 
