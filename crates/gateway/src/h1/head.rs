@@ -80,6 +80,7 @@ pub(crate) fn scan(buf: &[u8], max_headers: usize, max_head: usize, fields: &mut
     let mut body_len = None;
     let mut close = false;
     let mut hop_by_hop = false;
+    let mut connection_options = 0;
     fields.headers.clear();
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
@@ -99,6 +100,13 @@ pub(crate) fn scan(buf: &[u8], max_headers: usize, max_head: usize, fields: &mut
         } else if name.eq_ignore_ascii_case(b"connection") {
             hop_by_hop = true;
             for token in h.value.split(|b| *b == b',') {
+                // Each field is checked against every option named, so a
+                // long list would cost fields × options; hyper's path,
+                // which hashes the names, takes such a request.
+                connection_options += 1;
+                if connection_options > MAX_CONNECTION_OPTIONS {
+                    return Scan::Fallback;
+                }
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
@@ -125,6 +133,10 @@ pub(crate) fn scan(buf: &[u8], max_headers: usize, max_head: usize, fields: &mut
         hop_by_hop,
     })
 }
+
+/// Most options all `Connection` fields of a request the engine takes may
+/// list together (real clients send one or two).
+const MAX_CONNECTION_OPTIONS: usize = 16;
 
 /// A `Content-Length` value: digits only, as RFC 9110 §8.6 has it.
 pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
@@ -420,6 +432,18 @@ mod tests {
             scan_str(close),
             Scan::Ready(RequestShape { close: true, .. })
         ));
+    }
+
+    #[test]
+    fn a_long_list_of_connection_options_goes_to_hyper() {
+        let names: Vec<String> = (0..17).map(|i| format!("x-{i}")).collect();
+        let long = format!("GET / HTTP/1.1\r\nConnection: {}\r\n\r\n", names.join(", "));
+        assert_eq!(scan_str(&long), Scan::Fallback);
+        let short = format!(
+            "GET / HTTP/1.1\r\nConnection: {}\r\n\r\n",
+            names[..16].join(", ")
+        );
+        assert!(matches!(scan_str(&short), Scan::Ready(_)));
     }
 
     #[test]
