@@ -6,9 +6,10 @@
 //! the ones the hyper path uses (`crate::proxy`); only the wire work differs.
 
 use super::chunked::ChunkedTracker;
-use super::head::{self, BadResponse, Fields, Framing, RequestShape, ResponseEdits, ResponseHead};
+use super::head::{self, Fields, RequestShape};
 use super::outbound;
 use super::pool::{self, PoolLimits, UpstreamConn};
+use super::response::{self, BadResponse, Framing, ResponseEdits, ResponseHead};
 use crate::proxy::{self, headers, Attempt, ClientConn, GatewayError};
 use crate::route::CompiledRoute;
 use crate::runtime::ListenerRuntime;
@@ -387,7 +388,7 @@ async fn send(
     let mut received = false;
     loop {
         if !up.buf.is_empty() {
-            match head::parse_response(&up.buf, head_request, &mut up.fields) {
+            match response::parse_response(&up.buf, head_request, &mut up.fields) {
                 Ok(Some(h)) if h.status == StatusCode::SWITCHING_PROTOCOLS => {
                     return Err(Failure::Upstream)
                 }
@@ -434,7 +435,7 @@ impl Relay<'_> {
         } = self;
         let close = client_close || h.framing == Framing::UntilClose || client.draining();
         client.out.clear();
-        head::write_response_head(
+        response::write_response_head(
             client.out,
             &up.buf,
             &h,

@@ -33,6 +33,7 @@ mod exchange;
 mod head;
 mod outbound;
 mod pool;
+mod response;
 
 pub(crate) use pool::{IdleConns, PoolLimits};
 
