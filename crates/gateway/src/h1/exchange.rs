@@ -201,25 +201,26 @@ async fn forward<'r>(
     // and stay in `out` in case the attempt is made again.
     client.out.clear();
     let (request_id, id_made) = req.request_id;
-    if upstream.picks_by_fields() {
-        // The balancer must read the fields as they are sent: edit them.
+    // When the balancer reads fields, it must read them as they are sent:
+    // then the fields are edited in the map, as on the hyper path.
+    let edit_map = upstream.picks_by_fields();
+    let target = if edit_map {
         if id_made {
             parts
                 .headers
                 .insert(headers::X_REQUEST_ID, request_id.clone());
         }
         let hop_by_hop = req.shape.hop_by_hop;
-        let target =
-            proxy::prepare_outbound(route, req.conn, &mut parts, hop_by_hop, false, service_path);
-        let target = target
-            .as_deref()
-            .unwrap_or_else(|| parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+        proxy::prepare_outbound(route, req.conn, &mut parts, hop_by_hop, false, service_path)
+    } else {
+        proxy::outbound_target(route, &parts.uri, service_path)
+    };
+    let target = target
+        .as_deref()
+        .unwrap_or_else(|| parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+    if edit_map {
         head::write_request(client.out, &parts.method, target, &parts.headers);
     } else {
-        let target = proxy::outbound_target(route, &parts.uri, service_path);
-        let target = target
-            .as_deref()
-            .unwrap_or_else(|| parts.uri.path_and_query().map_or("/", |p| p.as_str()));
         let cx = outbound::Context {
             conn: req.conn,
             route: &route.request_headers,

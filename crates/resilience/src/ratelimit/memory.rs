@@ -442,10 +442,19 @@ mod tests {
             let slack = 1 + ns / 100_000_000;
             assert!(back.abs_diff(ns) <= slack, "{ns} ns -> {ticks} -> {back}");
         }
-        // Ticks run at the rate the nanoseconds do.
-        let (t0, n0) = (clock.now_ticks(), clock.now_ns());
+        // Ticks run at the rate the nanoseconds do. Each (ticks, ns) pair is
+        // read again while something (a preemption) came between its reads,
+        // so a busy machine skews it by at most 20 µs.
+        let pair = || loop {
+            let before = clock.now_ticks();
+            let ns = clock.now_ns();
+            if clock.ns_from_ticks(clock.now_ticks() - before) < 20_000 {
+                return (before, ns);
+            }
+        };
+        let (t0, n0) = pair();
         std::thread::sleep(Duration::from_millis(20));
-        let (t1, n1) = (clock.now_ticks(), clock.now_ns());
+        let (t1, n1) = pair();
         let by_ticks = clock.ns_from_ticks(t1 - t0);
         assert!(
             by_ticks.abs_diff(n1 - n0) < 200_000,
