@@ -9,6 +9,7 @@
 # keep-alive connections.
 #
 # Usage: benches/gateway/run.sh [rounds] [duration] [connections]
+# WORKERS="1" (or "2") runs one worker count only; the default is both.
 # With PEER_HEADERS=trellis, nginx and HAProxy are configured to add what
 # Trellis adds to every request (X-Forwarded-For/-Proto/-Host, Forwarded,
 # X-Request-Id both ways, traceparent), so all three send the upstream the
@@ -38,6 +39,15 @@ if [ "${PEER_HEADERS:-}" = trellis ]; then
     http-request set-header traceparent 00-%[unique-id]-00f067aa0ba902b7-01
     http-after-response set-header X-Request-Id %[unique-id]'
 fi
+# Each server runs in a session of its own, as a service manager (or nginx's
+# own daemon mode) would run it. Kernels with autogroup scheduling (the
+# default on most distributions) share the CPU between sessions first: a
+# server left in wrk's session would compete with wrk inside one group, and
+# whichever proxy happened to be started that way would be measured under a
+# different scheduler than its peers. SHARED_SESSION=1 puts everything in
+# this script's session instead.
+LAUNCH=(setsid)
+[ "${SHARED_SESSION:-}" = 1 ] && LAUNCH=()
 ROUNDS=${1:-3}
 DURATION=${2:-10s}
 CONNS=${3:-64}
@@ -73,7 +83,7 @@ http {
     server { listen 127.0.0.1:$UP_PORT; location / { return 200 "hello, world\n"; } }
 }
 CONF
-"$NGINX" -c "$WORK/up/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+"${LAUNCH[@]}" "$NGINX" -c "$WORK/up/nginx.conf" -g 'daemon off;' & PIDS+=($!)
 wait_port $UP_PORT
 
 start_nginx_proxy() { # workers
@@ -97,7 +107,7 @@ http {
     }
 }
 CONF
-    "$NGINX" -c "$WORK/np/nginx.conf" -g "daemon off;" >/dev/null 2>&1 & echo $!
+    "${LAUNCH[@]}" "$NGINX" -c "$WORK/np/nginx.conf" -g "daemon off;" >/dev/null 2>&1 & echo $!
 }
 
 start_haproxy() { # threads
@@ -118,7 +128,7 @@ $HAPROXY_HEADERS
 backend b
     server up 127.0.0.1:$UP_PORT
 CONF
-    "$HAPROXY" -f "$WORK/haproxy.cfg" -db >/dev/null 2>&1 & echo $!
+    "${LAUNCH[@]}" "$HAPROXY" -f "$WORK/haproxy.cfg" -db >/dev/null 2>&1 & echo $!
 }
 
 start_trellis() { # port workers policies(0/1)
@@ -145,7 +155,7 @@ endpoints = ["127.0.0.1:$UP_PORT"]
 CONF
     # The listener's own worker threads serve it; the runtime given to the
     # example (1 thread) runs only health checks and the like.
-    "$SERVE" "$WORK/trellis-$1.toml" 1 >/dev/null 2>&1 & echo $!
+    "${LAUNCH[@]}" "$SERVE" "$WORK/trellis-$1.toml" 1 >/dev/null 2>&1 & echo $!
 }
 
 # wrk prints e.g. "Requests/sec: 12345.67" and latency percentiles with --latency.
@@ -165,13 +175,26 @@ print(f"{rps:.0f} {p50:.3f} {p99:.3f} {errors.group(1) if errors else 0}")
 PY
 }
 
+# The servers are not this shell's children (each was started in a
+# subshell), so `wait` cannot see them end: poll until each has, so that one
+# still draining never shares the machine with the next one's run.
+stop() {
+    kill "$1" 2>/dev/null || return 0
+    for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done
+    kill -9 "$1" 2>/dev/null || true
+}
+
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 RESULTS="$WORK/results"
 : > "$RESULTS"
-for workers in 1 2; do
+for workers in ${WORKERS:-1 2}; do
     for round in $(seq 1 "$ROUNDS"); do
-        for peer in nginx haproxy trellis trellis+policies; do
+        # The order turns round every round, so that a drift in the
+        # machine's speed during a round favours no one.
+        order="nginx haproxy trellis trellis+policies"
+        [ $((round % 2)) = 0 ] && order="trellis+policies trellis haproxy nginx"
+        for peer in $order; do
             case $peer in
                 nginx) pid=$(start_nginx_proxy "$workers"); port=$NGINX_PORT ;;
                 haproxy) pid=$(start_haproxy "$workers"); port=$HAPROXY_PORT ;;
@@ -182,7 +205,7 @@ for workers in 1 2; do
             wrk -t 1 -c 8 -d 1s "http://127.0.0.1:$port/" > /dev/null # warm-up
             read -r rps p50 p99 errs < <(measure "$port")
             echo "$workers $round $peer $rps $p50 $p99 $errs" | tee -a "$RESULTS" >&2
-            kill "$pid"; wait "$pid" 2>/dev/null || true
+            stop "$pid"
         done
     done
 done
@@ -190,14 +213,19 @@ done
 python3 - "$RESULTS" <<'PY'
 import sys, statistics
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-print("| workers | proxy | req/s (median) | p50 ms | p99 ms | non-2xx | req/s vs nginx | p99 vs nginx |")
-print("|---|---|---|---|---|---|---|---|")
+# Two views of the same runs: the ratio of the medians, and the median of
+# each round's own ratio (a peer against nginx measured seconds apart), which
+# a machine whose speed wanders between rounds disturbs less.
+print("| workers | proxy | req/s (median) | p50 ms | p99 ms | non-2xx | req/s vs nginx | per-round req/s ratios (median) | p99 vs nginx | per-round p99 ratios (median) |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for w in ("1", "2"):
     med = {}
+    by_round = {}
     for peer in ("nginx", "haproxy", "trellis", "trellis+policies"):
         sel = [r for r in rows if r[0] == w and r[2] == peer]
         if not sel:
             continue
+        by_round[peer] = {r[1]: (float(r[3]), float(r[5])) for r in sel}
         med[peer] = (statistics.median(float(r[3]) for r in sel),
                      statistics.median(float(r[4]) for r in sel),
                      statistics.median(float(r[5]) for r in sel),
@@ -206,7 +234,11 @@ for w in ("1", "2"):
     for peer, (rps, p50, p99, errs) in med.items():
         ratio = f"{rps / base[0]:.2f}x" if base else "-"
         p99r = f"{p99 / base[2]:.2f}x" if base else "-"
-        print(f"| {w} | {peer} | {rps:.0f} | {p50:.3f} | {p99:.3f} | {errs} | {ratio} | {p99r} |")
+        rounds = sorted(set(by_round[peer]) & set(by_round.get("nginx", {})), key=int)
+        rr = [by_round[peer][k][0] / by_round["nginx"][k][0] for k in rounds]
+        pr = [by_round[peer][k][1] / by_round["nginx"][k][1] for k in rounds]
+        fmt = lambda xs: f"{statistics.median(xs):.2f}x (" + " ".join(f"{x:.2f}" for x in xs) + ")" if xs else "-"
+        print(f"| {w} | {peer} | {rps:.0f} | {p50:.3f} | {p99:.3f} | {errs} | {ratio} | {fmt(rr)} | {p99r} | {fmt(pr)} |")
 PY
 
 # Memory: idle RSS, then with 10,000 idle keep-alive connections (one request each).
@@ -230,6 +262,6 @@ holder=$!
 for _ in $(seq 1 600); do [ -f "$WORK/hold" ] && break; sleep 0.1; done
 loaded=$(rss_kb "$pid")
 kill "$holder" 2>/dev/null || true
-kill "$pid"; wait "$pid" 2>/dev/null || true
+stop "$pid"
 echo
 echo "Trellis RSS idle: $((idle / 1024)) MiB; with 10,000 idle keep-alive connections: $((loaded / 1024)) MiB ($(( (loaded - idle) * 1024 / 10000 )) bytes per connection)"
