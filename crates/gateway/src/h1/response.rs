@@ -148,20 +148,15 @@ pub(crate) fn write_response_head(
     edits: &ResponseEdits<'_>,
 ) {
     write_status_line(out, head.status.as_u16(), &buf[head.reason.clone()]);
-    let named_by_connection = |name: &[u8]| {
-        fields.iter().any(|(n, v)| {
-            buf[n.clone()].eq_ignore_ascii_case(b"connection")
-                && buf[v.clone()]
-                    .split(|b| *b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
-        })
-    };
+    let named = head
+        .connection_names
+        .then(|| ConnectionNames::gather(buf, fields));
     for (name, value) in fields {
         let name = &buf[name.clone()];
         if is_hop_by_hop(name)
             || name.eq_ignore_ascii_case(b"x-request-id")
             || edits.route.drops(name)
-            || (head.connection_names && named_by_connection(name))
+            || named.as_ref().is_some_and(|n| n.contains(name))
         {
             continue;
         }
@@ -178,6 +173,47 @@ pub(crate) fn write_response_head(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The options an upstream response's `Connection` fields list, gathered
+/// once. An upstream may list thousands (the head may be 64 KiB); past a
+/// few they are sorted, so that stripping the fields they name costs
+/// fields × log(options) rather than fields × options.
+struct ConnectionNames<'b>(Vec<&'b [u8]>);
+
+/// Up to this many options, a linear scan is cheaper than sorting.
+const SCAN_OPTIONS: usize = 16;
+
+impl<'b> ConnectionNames<'b> {
+    fn gather(buf: &'b [u8], fields: &[(Range<usize>, Range<usize>)]) -> Self {
+        let mut names: Vec<&[u8]> = fields
+            .iter()
+            .filter(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(b"connection"))
+            .flat_map(|(_, v)| buf[v.clone()].split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
+            .collect();
+        if names.len() > SCAN_OPTIONS {
+            names.sort_unstable_by(|a, b| cmp_ignoring_case(a, b));
+        }
+        ConnectionNames(names)
+    }
+
+    fn contains(&self, name: &[u8]) -> bool {
+        if self.0.len() > SCAN_OPTIONS {
+            self.0
+                .binary_search_by(|n| cmp_ignoring_case(n, name))
+                .is_ok()
+        } else {
+            self.0.iter().any(|n| n.eq_ignore_ascii_case(name))
+        }
+    }
+}
+
+fn cmp_ignoring_case(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.iter()
+        .map(u8::to_ascii_lowercase)
+        .cmp(b.iter().map(u8::to_ascii_lowercase))
 }
 
 #[cfg(test)]
@@ -283,6 +319,49 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nServer: up\r\nvia: trellis\r\nx-request-id: ours\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_long_connection_list_strips_exactly_the_fields_it_names() {
+        let edits = HeaderEdits::default();
+        let id = HeaderValue::from_static("ours");
+        let copy = |raw: &str| {
+            let mut fields = Vec::new();
+            let head = parse_response(raw.as_bytes(), false, &mut fields)
+                .unwrap()
+                .unwrap();
+            let mut out = Vec::new();
+            write_response_head(
+                &mut out,
+                raw.as_bytes(),
+                &head,
+                &fields,
+                &ResponseEdits {
+                    route: &edits,
+                    request_id: &id,
+                    chunked: false,
+                    close: false,
+                },
+            );
+            String::from_utf8(out).unwrap()
+        };
+        // Past the linear scan's reach: the options are sorted and searched,
+        // over two Connection fields, matched ignoring case.
+        let options: Vec<String> = (0..40).map(|i| format!("opt-{i}")).collect();
+        let raw = format!(
+            "HTTP/1.1 200 OK\r\nConnection: {}\r\nX-Keep: 1\r\nOPT-7: gone\r\nConnection: X-Hop\r\nx-hop: gone\r\nopt-39: gone\r\nopt-40: kept\r\nContent-Length: 0\r\n\r\n",
+            options.join(", ")
+        );
+        assert_eq!(
+            copy(&raw),
+            "HTTP/1.1 200 OK\r\nX-Keep: 1\r\nopt-40: kept\r\nContent-Length: 0\r\nx-request-id: ours\r\n\r\n"
+        );
+        // A short list, scanned: the same answer.
+        let raw = "HTTP/1.1 200 OK\r\nConnection: opt-7, X-Hop\r\nX-Keep: 1\r\nOPT-7: gone\r\nx-hop: gone\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            copy(raw),
+            "HTTP/1.1 200 OK\r\nX-Keep: 1\r\nContent-Length: 0\r\nx-request-id: ours\r\n\r\n"
         );
     }
 }
