@@ -295,29 +295,29 @@ mod tests {
         );
     }
 
+    /// The client's copy of the response head `raw`, with request id "ours".
+    fn client_copy(raw: &[u8], route: &HeaderEdits, chunked: bool) -> String {
+        let mut fields = Vec::new();
+        let head = parse_response(raw, false, &mut fields).unwrap().unwrap();
+        let mut out = Vec::new();
+        let edits = ResponseEdits {
+            route,
+            request_id: &HeaderValue::from_static("ours"),
+            chunked,
+            close: false,
+        };
+        write_response_head(&mut out, raw, &head, &fields, &edits);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn the_client_copy_drops_hop_by_hop_fields_and_applies_edits() {
         let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nServer: up\r\nX-Internal: secret\r\nX-Request-Id: theirs\r\nTransfer-Encoding: chunked\r\n\r\n";
         let rules: crate::config::HeaderRules =
             toml::from_str("remove = [\"x-internal\"]\nadd = { via = \"trellis\" }").unwrap();
         let route = HeaderEdits::compile(&rules);
-        let mut fields = Vec::new();
-        let head = parse_response(raw, false, &mut fields).unwrap().unwrap();
-        let mut out = Vec::new();
-        write_response_head(
-            &mut out,
-            raw,
-            &head,
-            &fields,
-            &ResponseEdits {
-                route: &route,
-                request_id: &HeaderValue::from_static("ours"),
-                chunked: true,
-                close: false,
-            },
-        );
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            client_copy(raw, &route, true),
             "HTTP/1.1 200 OK\r\nServer: up\r\nvia: trellis\r\nx-request-id: ours\r\ntransfer-encoding: chunked\r\n\r\n"
         );
     }
@@ -325,27 +325,7 @@ mod tests {
     #[test]
     fn a_long_connection_list_strips_exactly_the_fields_it_names() {
         let edits = HeaderEdits::default();
-        let id = HeaderValue::from_static("ours");
-        let copy = |raw: &str| {
-            let mut fields = Vec::new();
-            let head = parse_response(raw.as_bytes(), false, &mut fields)
-                .unwrap()
-                .unwrap();
-            let mut out = Vec::new();
-            write_response_head(
-                &mut out,
-                raw.as_bytes(),
-                &head,
-                &fields,
-                &ResponseEdits {
-                    route: &edits,
-                    request_id: &id,
-                    chunked: false,
-                    close: false,
-                },
-            );
-            String::from_utf8(out).unwrap()
-        };
+        let copy = |raw: &str| client_copy(raw.as_bytes(), &edits, false);
         // Past the linear scan's reach: the options are sorted and searched,
         // over two Connection fields, matched ignoring case.
         let options: Vec<String> = (0..40).map(|i| format!("opt-{i}")).collect();
