@@ -213,6 +213,7 @@ done
 python3 - "$RESULTS" <<'PY'
 import sys, statistics
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+verdicts = []
 # Two views of the same runs: the ratio of the medians, and the median of
 # each round's own ratio (a peer against nginx measured seconds apart), which
 # a machine whose speed wanders between rounds disturbs less.
@@ -239,6 +240,20 @@ for w in ("1", "2"):
         pr = [by_round[peer][k][1] / by_round["nginx"][k][1] for k in rounds]
         fmt = lambda xs: f"{statistics.median(xs):.2f}x (" + " ".join(f"{x:.2f}" for x in xs) + ")" if xs else "-"
         print(f"| {w} | {peer} | {rps:.0f} | {p50:.3f} | {p99:.3f} | {errs} | {ratio} | {fmt(rr)} | {p99r} | {fmt(pr)} |")
+        if peer.startswith("trellis") and rr:
+            verdicts.append((w, peer, statistics.median(rr), statistics.median(pr)))
+
+# The issue's bar, judged on the per-round medians: plain Trellis at least
+# 1.1x nginx's requests/s with p99 no worse, and with every policy on at
+# least nginx's requests/s.
+print()
+for w, peer, rps, p99 in verdicts:
+    if peer == "trellis":
+        checks = [(f"req/s {rps:.2f}x >= 1.10x", rps >= 1.10), (f"p99 {p99:.2f}x <= 1.00x", p99 <= 1.00)]
+    else:
+        checks = [(f"req/s {rps:.2f}x >= 1.00x", rps >= 1.00)]
+    mark = lambda ok: "met" if ok else "NOT met"
+    print(f"bar, {w} worker(s), {peer}: " + "; ".join(f"{text} {mark(ok)}" for text, ok in checks))
 PY
 
 # Memory: idle RSS, then with 10,000 idle keep-alive connections (one request each).
@@ -264,4 +279,7 @@ loaded=$(rss_kb "$pid")
 kill "$holder" 2>/dev/null || true
 stop "$pid"
 echo
-echo "Trellis RSS idle: $((idle / 1024)) MiB; with 10,000 idle keep-alive connections: $((loaded / 1024)) MiB ($(( (loaded - idle) * 1024 / 10000 )) bytes per connection)"
+per_conn=$(( (loaded - idle) * 1024 / 10000 ))
+echo "Trellis RSS idle: $((idle / 1024)) MiB; with 10,000 idle keep-alive connections: $((loaded / 1024)) MiB ($per_conn bytes per connection)"
+verdict() { [ "$1" = 1 ] && echo met || echo "NOT met"; }
+echo "bar, memory: idle under 30 MB $(verdict $(( idle * 1024 < 30000000 ))); under 40 KB per idle connection $(verdict $(( per_conn < 40000 )))"
