@@ -6,7 +6,8 @@
 # Trellis runs twice: plain, and with retries, a breaker, a bulkhead and a
 # (never reached) rate limit on the route. Prints requests/s and p50/p99 per
 # run and the ratios to nginx, then idle RSS and RSS with 10,000 idle
-# keep-alive connections.
+# keep-alive connections, and ends with a line per part of the bar (met or
+# NOT met).
 #
 # Usage: benches/gateway/run.sh [rounds] [duration] [connections]
 # WORKERS="1" (or "2") runs one worker count only; the default is both.
