@@ -10,8 +10,9 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+use trellis_benches::contended;
 use trellis_resilience::ratelimit::{
     Clock, DirectStore, FastClock, MemoryStore, MemoryStoreConfig, Quota, RateLimiter, RedisStore,
     RedisStoreConfig, TokioClock,
@@ -38,33 +39,6 @@ fn trellis_keyed<C: Clock>(clock: C) -> RateLimiter<String, MemoryStore<String, 
         ..MemoryStoreConfig::default()
     };
     RateLimiter::new(quota(), MemoryStore::with_clock(config, clock).unwrap())
-}
-
-/// Runs `op(thread, i)` `iters` times on each of `threads` threads at once;
-/// the wall time is the per-call latency under contention.
-fn contended<F>(threads: usize, iters: u64, op: F) -> Duration
-where
-    F: Fn(usize, u64) + Send + Sync + 'static,
-{
-    let op = Arc::new(op);
-    let barrier = Arc::new(Barrier::new(threads + 1));
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let (op, barrier) = (op.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                for i in 0..iters {
-                    op(t, i);
-                }
-            })
-        })
-        .collect();
-    barrier.wait();
-    let start = Instant::now();
-    for h in handles {
-        h.join().unwrap();
-    }
-    start.elapsed()
 }
 
 fn direct(c: &mut Criterion) {

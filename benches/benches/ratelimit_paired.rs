@@ -15,7 +15,7 @@
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use trellis_resilience::ratelimit::{DirectStore, FastClock, Quota, RateLimiter};
 
@@ -98,7 +98,7 @@ fn main() {
 /// Wall time for `CALLS` calls of `op` on each of `threads` threads at once.
 fn batch<F>(threads: usize, op: F) -> Duration
 where
-    F: Fn() + Clone + Send + 'static,
+    F: Fn() + Send + Sync + 'static,
 {
     if threads == 1 {
         let start = Instant::now();
@@ -107,24 +107,7 @@ where
         }
         return start.elapsed();
     }
-    let barrier = Arc::new(Barrier::new(threads + 1));
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let (op, barrier) = (op.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                for _ in 0..CALLS {
-                    op();
-                }
-            })
-        })
-        .collect();
-    barrier.wait();
-    let start = Instant::now();
-    for h in handles {
-        let _ = h.join();
-    }
-    start.elapsed()
+    trellis_benches::contended(threads, CALLS, move |_, _| op())
 }
 
 fn quantile(xs: &mut [f64], q: f64) -> f64 {
